@@ -1,0 +1,1 @@
+"""The gRPC edge: protobuf <-> domain translation, auth and error mapping."""

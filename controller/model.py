@@ -1,0 +1,132 @@
+"""Domain resources as the controller stores them.
+
+They are plain slotted dataclasses (not protobuf messages) so the domain core
+does not depend on the wire format; `controller.api.convert` translates.
+Lists of pairs are tuples so they round-trip through JSON unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+import orjson
+
+Pair = tuple[str, str]
+
+
+@dataclass(slots=True)
+class Resource:
+    KIND: ClassVar[str] = ""
+    # Fields holding lists of pairs; decoded back to tuples.
+    PAIR_FIELDS: ClassVar[tuple[str, ...]] = ()
+
+    id: str
+    project_id: str
+    name: str = ""
+    description: str = ""
+    tags: list[str] = field(default_factory=list)
+    revision_number: int = 0
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+@dataclass(slots=True)
+class Network(Resource):
+    KIND: ClassVar[str] = "network"
+
+    admin_state_up: bool = True
+    status: str = "ACTIVE"
+    shared: bool = False
+    external: bool = False
+    mtu: int = 1500
+    provider_network_type: str = ""
+    provider_physical_network: str = ""
+    provider_segmentation_id: int = 0
+    port_security_enabled: bool = True
+
+
+@dataclass(slots=True)
+class Subnet(Resource):
+    KIND: ClassVar[str] = "subnet"
+    PAIR_FIELDS: ClassVar[tuple[str, ...]] = ("allocation_pools", "host_routes")
+
+    network_id: str = ""
+    ip_version: int = 4
+    cidr: str = ""
+    gateway_ip: str = ""  # "" = no gateway
+    allocation_pools: list[Pair] = field(default_factory=list)
+    dns_nameservers: list[str] = field(default_factory=list)
+    host_routes: list[Pair] = field(default_factory=list)
+    enable_dhcp: bool = True
+    ipv6_ra_mode: str = ""
+    ipv6_address_mode: str = ""
+
+
+@dataclass(slots=True)
+class Port(Resource):
+    KIND: ClassVar[str] = "port"
+    PAIR_FIELDS: ClassVar[tuple[str, ...]] = ("fixed_ips", "allowed_address_pairs")
+
+    network_id: str = ""
+    admin_state_up: bool = True
+    status: str = "DOWN"
+    mac_address: str = ""
+    fixed_ips: list[Pair] = field(default_factory=list)  # (subnet_id, ip_address)
+    device_id: str = ""
+    device_owner: str = ""
+    security_groups: list[str] = field(default_factory=list)
+    port_security_enabled: bool = True
+    allowed_address_pairs: list[Pair] = field(default_factory=list)  # (ip_address, mac)
+    binding_host_id: str = ""
+    binding_vif_type: str = "unbound"
+    binding_vif_details: dict[str, str] = field(default_factory=dict)
+    binding_vnic_type: str = "normal"
+    binding_profile: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class SecurityGroup(Resource):
+    KIND: ClassVar[str] = "security_group"
+
+    stateful: bool = True
+    is_default: bool = False
+
+
+@dataclass(slots=True)
+class SecurityGroupRule(Resource):
+    KIND: ClassVar[str] = "security_group_rule"
+
+    security_group_id: str = ""
+    direction: str = "ingress"
+    ethertype: str = "IPv4"
+    protocol: str = ""
+    port_range_min: int | None = None
+    port_range_max: int | None = None
+    remote_ip_prefix: str = ""
+    remote_group_id: str = ""
+    # sgrules.rule_digest: equal for rules Neutron treats as duplicates in one group.
+    dedup_key: str = ""
+
+
+R = TypeVar("R", bound=Resource)
+
+KINDS: dict[str, type[Resource]] = {
+    cls.KIND: cls for cls in (Network, Subnet, Port, SecurityGroup, SecurityGroupRule)
+}
+
+
+def encode(obj: Resource) -> bytes:
+    return orjson.dumps(obj)
+
+
+def decode(cls: type[R], raw: bytes) -> R:
+    data: dict[str, Any] = orjson.loads(raw)
+    for name in cls.PAIR_FIELDS:
+        data[name] = [tuple(p) for p in data.get(name, ())]
+    return cls(**data)
+
+
+def clone(obj: R, **changes: Any) -> R:
+    return dataclasses.replace(obj, **changes)

@@ -1,0 +1,146 @@
+"""The protocol every host dataplane (mechanism) driver implements.
+
+A driver converges a host towards a desired ``HostState`` in three steps:
+
+1. ``read_actual()`` reads what the host looks like now (I/O);
+2. ``diff(desired, actual)`` computes a ``Plan``: an ordered tuple of small, idempotent
+   change objects (pure: no I/O, so it can be tested and logged);
+3. ``apply(plan)`` executes the changes.
+
+Changes that remove things the desired state does not mention are flagged
+``removes_stale``. ``sync(desired, remove_stale=False)`` drops them, so an agent that has
+just restarted (and does not yet know the full desired state) never interrupts traffic;
+it passes ``remove_stale=True`` once it is in sync with the controller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar, runtime_checkable
+
+from drivers.model import HostState, PortStatus
+
+log = logging.getLogger(__name__)
+
+ActualT = TypeVar("ActualT")
+
+
+@runtime_checkable
+class Change(Protocol):
+    """One small, idempotent step of a plan (a frozen dataclass in practice)."""
+
+    @property
+    def removes_stale(self) -> bool:
+        """True when this change deletes something the desired state does not mention."""
+        ...
+
+
+@dataclass(frozen=True)
+class Plan:
+    """An ordered tuple of changes; empty (falsy) when the host is converged."""
+
+    changes: tuple[Change, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.changes)
+
+    def __len__(self) -> int:
+        return len(self.changes)
+
+    def __iter__(self) -> Iterator[Change]:
+        return iter(self.changes)
+
+    def without_stale_removals(self) -> Plan:
+        return Plan(tuple(c for c in self.changes if not c.removes_stale))
+
+    @property
+    def stale_removals(self) -> tuple[Change, ...]:
+        return tuple(c for c in self.changes if c.removes_stale)
+
+    def describe(self) -> list[str]:
+        return [str(c) for c in self.changes]
+
+
+class ApplyError(Exception):
+    """Some changes of a plan failed; the others were applied."""
+
+    def __init__(self, failures: Sequence[tuple[Change, BaseException]]) -> None:
+        self.failures = tuple(failures)
+        # Filled in by DriverBase.sync: the port statuses read back after the attempt.
+        self.statuses: list[PortStatus] = []
+        lines = "; ".join(f"{c}: {e!r}" for c, e in self.failures)
+        super().__init__(f"{len(self.failures)} change(s) failed: {lines}")
+
+
+class MechanismDriver(Protocol[ActualT]):
+    """What the node agent calls. ``vif_type`` is what port bindings report."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def vif_type(self) -> str: ...
+
+    async def start(self) -> None:
+        """Open resources and probe what this host supports."""
+        ...
+
+    async def close(self) -> None: ...
+
+    def supported_network_types(self) -> frozenset[str]: ...
+
+    async def read_actual(self) -> ActualT: ...
+
+    def diff(self, desired: HostState, actual: ActualT) -> Plan: ...
+
+    async def apply(self, plan: Plan) -> None: ...
+
+    async def port_statuses(self, desired: HostState) -> list[PortStatus]: ...
+
+    async def sync(self, desired: HostState, *, remove_stale: bool) -> list[PortStatus]: ...
+
+
+class DriverBase(ABC, Generic[ActualT]):
+    """Shared ``sync``/``port_statuses`` built on the abstract primitives."""
+
+    def __init__(self) -> None:
+        self._sync_lock = asyncio.Lock()
+
+    @abstractmethod
+    async def read_actual(self) -> ActualT: ...
+
+    @abstractmethod
+    def diff(self, desired: HostState, actual: ActualT) -> Plan: ...
+
+    @abstractmethod
+    async def apply(self, plan: Plan) -> None: ...
+
+    @abstractmethod
+    def statuses(self, desired: HostState, actual: ActualT) -> list[PortStatus]:
+        """Pure: the status of every desired port given an actual state."""
+
+    async def port_statuses(self, desired: HostState) -> list[PortStatus]:
+        return self.statuses(desired, await self.read_actual())
+
+    async def sync(self, desired: HostState, *, remove_stale: bool) -> list[PortStatus]:
+        """Converge the host; returns the port statuses read back afterwards.
+
+        Raises ApplyError if some changes failed (after applying all the others); its
+        ``statuses`` then hold the port statuses read back after the attempt.
+        """
+        async with self._sync_lock:
+            plan = self.diff(desired, await self.read_actual())
+            if not remove_stale:
+                plan = plan.without_stale_removals()
+            if plan:
+                log.debug("applying %d change(s): %s", len(plan), plan.describe())
+                try:
+                    await self.apply(plan)
+                except ApplyError as exc:
+                    exc.statuses = self.statuses(desired, await self.read_actual())
+                    raise
+            return self.statuses(desired, await self.read_actual())

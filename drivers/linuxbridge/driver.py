@@ -1,0 +1,151 @@
+"""The Linux bridge mechanism driver: one bridge per network, VXLAN with l2population
+FDB entries for overlays, a physical NIC (flat) or its VLAN sub-interface (vlan) for
+provider networks; ports are veth/tap devices enslaved to their network's bridge."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from drivers.base import ApplyError, Change, DriverBase, MechanismDriver, Plan
+from drivers.linuxbridge import planner
+from drivers.linuxbridge.actual import ActualState, read_actual_state
+from drivers.linuxbridge.changes import HostHandle, LinuxBridgeChange
+from drivers.linuxbridge.config import VXLAN_DEFAULT_PORT, LinuxBridgeConfig
+from drivers.model import HostState, PortStatus
+from drivers.netlink import PROBE_BOGUS_IFINDEX, open_iproute, probe_link_kind
+
+log = logging.getLogger(__name__)
+
+
+class LinuxBridgeDriver(DriverBase[ActualState]):
+    name = "linuxbridge"
+    vif_type = "bridge"
+
+    def __init__(
+        self,
+        *,
+        netns: str | None = None,
+        physical_interface_mappings: Mapping[str, str] | None = None,
+        tunnel_ip: str | None = None,
+        vxlan_port: int = VXLAN_DEFAULT_PORT,
+    ) -> None:
+        super().__init__()
+        self.config = LinuxBridgeConfig(
+            netns=netns,
+            physical_interface_mappings=dict(physical_interface_mappings or {}),
+            tunnel_ip=tunnel_ip,
+            vxlan_port=vxlan_port,
+        )
+        self._ipr: Any = None
+        self._supported: frozenset[str] | None = None
+        self._unsupported: dict[str, str] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the netlink socket of the managed namespace and probe the kernel."""
+        if self._ipr is None:
+            self._ipr = open_iproute(self.config.netns)
+        await self._probe()
+
+    async def close(self) -> None:
+        if self._ipr is not None:
+            self._ipr.close()
+            self._ipr = None
+
+    async def __aenter__(self) -> LinuxBridgeDriver:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def _probe(self) -> None:
+        ipr = self._require_ipr()
+        cfg = self.config
+        supported = {"local"}
+        unsupported: dict[str, str] = {
+            "gre": "the Linux bridge driver has no GRE support (and this kernel no GRE)"
+        }
+        has_vlan = await probe_link_kind(ipr, "vlan", link=PROBE_BOGUS_IFINDEX, vlan_id=1)
+        has_vxlan = await probe_link_kind(
+            ipr, "vxlan", vxlan_id=1, vxlan_link=PROBE_BOGUS_IFINDEX, vxlan_port=cfg.vxlan_port
+        )
+        if cfg.physical_interface_mappings:
+            supported.add("flat")
+        else:
+            unsupported["flat"] = "no physical_interface_mappings"
+        if not has_vlan:
+            unsupported["vlan"] = "the kernel cannot create vlan links (no 8021q)"
+        elif not cfg.physical_interface_mappings:
+            unsupported["vlan"] = "no physical_interface_mappings"
+        else:
+            supported.add("vlan")
+        if not has_vxlan:
+            unsupported["vxlan"] = "the kernel cannot create vxlan links"
+        elif cfg.tunnel_ip is None:
+            unsupported["vxlan"] = "no tunnel_ip configured"
+        else:
+            supported.add("vxlan")
+        self._supported = frozenset(supported)
+        self._unsupported = unsupported
+        log.info(
+            "linuxbridge in netns %s: supports %s; not %s",
+            cfg.netns or "(current)",
+            sorted(supported),
+            unsupported,
+        )
+
+    def _require_ipr(self) -> Any:
+        if self._ipr is None:
+            raise RuntimeError("LinuxBridgeDriver: call start() first")
+        return self._ipr
+
+    # -- capabilities ------------------------------------------------------------------
+
+    def supported_network_types(self) -> frozenset[str]:
+        if self._supported is None:
+            raise RuntimeError("LinuxBridgeDriver: call start() first")
+        return self._supported
+
+    def unsupported_network_types(self) -> dict[str, str]:
+        """network type -> why this host cannot carry it (after start())."""
+        return dict(self._unsupported)
+
+    # -- the converge loop ---------------------------------------------------------------
+
+    async def read_actual(self) -> ActualState:
+        return await read_actual_state(self._require_ipr(), self.config.netns)
+
+    def diff(self, desired: HostState, actual: ActualState) -> Plan:
+        return planner.diff(desired, actual, self.config, self.supported_network_types())
+
+    async def apply(self, plan: Plan) -> None:
+        """Apply every change in order; failures are collected and raised together."""
+        host = HostHandle(self._require_ipr(), self.config.netns)
+        failures: list[tuple[Change, BaseException]] = []
+        for change in plan:
+            if not isinstance(change, LinuxBridgeChange):
+                raise TypeError(f"not a Linux bridge change: {change!r}")
+            try:
+                await change.apply(host)
+            except Exception as exc:
+                log.warning("change failed: %s: %r", change, exc)
+                failures.append((change, exc))
+        if failures:
+            raise ApplyError(failures)
+
+    def statuses(self, desired: HostState, actual: ActualState) -> list[PortStatus]:
+        return planner.statuses(desired, actual, self.config, self.supported_network_types())
+
+
+if TYPE_CHECKING:
+    _implements: type[MechanismDriver[ActualState]] = LinuxBridgeDriver

@@ -1,0 +1,174 @@
+"""Desired state of one host's dataplane, as the agent hands it to a mechanism driver.
+
+Everything here is immutable and hashable so that states and their parts can be
+compared cheaply (the agent skips a sync when nothing changed) and used as keys.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Literal, TypeVar
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+NETWORK_TYPES = frozenset({"local", "flat", "vlan", "vxlan", "gre"})
+PortStatusValue = Literal["ACTIVE", "DOWN", "ERROR"]
+
+_MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+DEVICE_NAME_MAX_LEN = 15  # IFNAMSIZ - 1
+
+
+def normalize_mac(mac: str) -> str:
+    """Lower-case colon form; raises ValueError for anything else."""
+    value = mac.strip().lower().replace("-", ":")
+    if not _MAC_RE.match(value):
+        raise ValueError(f"invalid MAC address {mac!r}")
+    return value
+
+
+# ifalias that marks a port's host-side device as created by Baryon (drivers.plug): a
+# driver may delete such a device when the port goes away; others it only unwires.
+OWNED_ALIAS_PREFIX = "baryon-port:"
+
+
+def port_device_name(port_id: str) -> str:
+    """Neutron's name for a port's host-side device: "tap" + the first 11 chars of the id."""
+    return "tap" + port_id[:11]
+
+
+def owned_alias(port_id: str) -> str:
+    return OWNED_ALIAS_PREFIX + port_id
+
+
+class FrozenDict(Mapping[K, V]):
+    """A read-only, hashable mapping (the hash is computed once, lazily)."""
+
+    __slots__ = ("_data", "_hash")
+
+    def __init__(self, data: Mapping[K, V] | Iterable[tuple[K, V]] = ()) -> None:
+        self._data: dict[K, V] = dict(data)
+        self._hash: int | None = None
+
+    def __getitem__(self, key: K) -> V:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __hash__(self) -> int:
+        if self._hash is None:
+            self._hash = hash(frozenset(self._data.items()))
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, FrozenDict):
+            if self._hash is not None and other._hash is not None and self._hash != other._hash:
+                return False
+            return self._data == other._data
+        if isinstance(other, Mapping):
+            return self._data == dict(other)
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"FrozenDict({self._data!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkSpec:
+    id: str
+    network_type: str
+    segmentation_id: int | None
+    physical_network: str | None
+    mtu: int
+
+    def __post_init__(self) -> None:
+        if self.network_type not in NETWORK_TYPES:
+            raise ValueError(f"unknown network type {self.network_type!r}")
+        if self.mtu < 68:
+            raise ValueError(f"network {self.id}: mtu {self.mtu} below 68")
+
+
+@dataclass(frozen=True, slots=True)
+class PortSpec:
+    id: str
+    network_id: str
+    mac: str
+    admin_state_up: bool
+    mtu: int
+    fixed_ips: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mac", normalize_mac(self.mac))
+        object.__setattr__(self, "fixed_ips", tuple(self.fixed_ips))
+
+    @property
+    def device_name(self) -> str:
+        return port_device_name(self.id)
+
+
+def _freeze_vteps(
+    vteps: Mapping[str, Mapping[str, Iterable[str]]],
+) -> FrozenDict[str, FrozenDict[str, frozenset[str]]]:
+    def macs(values: Iterable[str]) -> frozenset[str]:
+        return frozenset(normalize_mac(m) for m in values)
+
+    return FrozenDict(
+        (net_id, FrozenDict((ip, macs(values)) for ip, values in by_ip.items()))
+        for net_id, by_ip in vteps.items()
+    )
+
+
+@dataclass(frozen=True)
+class HostState:
+    """What one host should look like.
+
+    networks: network id -> spec (networks this host needs; one without ports here
+        gets no bridge).
+    ports: port id -> spec (ports bound to this host).
+    remote_vteps: network id -> remote tunnel IP -> MACs of that network's ports behind
+        it (l2population). A remote VTEP with no MACs still gets a flood entry.
+    """
+
+    networks: Mapping[str, NetworkSpec] = field(default_factory=lambda: FrozenDict())
+    ports: Mapping[str, PortSpec] = field(default_factory=lambda: FrozenDict())
+    remote_vteps: Mapping[str, Mapping[str, frozenset[str]]] = field(
+        default_factory=lambda: FrozenDict()
+    )
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "networks", FrozenDict(self.networks))
+        object.__setattr__(self, "ports", FrozenDict(self.ports))
+        object.__setattr__(self, "remote_vteps", _freeze_vteps(self.remote_vteps))
+        for key, net in self.networks.items():
+            if key != net.id:
+                raise ValueError(f"networks[{key!r}] holds network {net.id!r}")
+        for key, port in self.ports.items():
+            if key != port.id:
+                raise ValueError(f"ports[{key!r}] holds port {port.id!r}")
+
+    @classmethod
+    def build(
+        cls,
+        networks: Iterable[NetworkSpec] = (),
+        ports: Iterable[PortSpec] = (),
+        remote_vteps: Mapping[str, Mapping[str, Iterable[str]]] | None = None,
+    ) -> HostState:
+        """Convenience constructor from iterables of specs."""
+        return cls(
+            networks={n.id: n for n in networks},
+            ports={p.id: p for p in ports},
+            remote_vteps=_freeze_vteps(remote_vteps or {}),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PortStatus:
+    port_id: str
+    status: PortStatusValue
+    reason: str = ""

@@ -1,0 +1,1 @@
+"""Helpers shared by Baryon's tests (fixtures live in tests/conftest.py)."""

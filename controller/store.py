@@ -234,6 +234,7 @@ class Store:
                         change = self._apply_event(ev)
                         if change is not None:
                             changes.append(change)
+                    # WatchBatch.revision is complete-up-to (never a catch-up header).
                     if batch.revision > self.cache.revision:
                         self.cache.revision = batch.revision
                     revision = self.cache.revision

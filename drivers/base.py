@@ -133,14 +133,16 @@ class DriverBase(ABC, Generic[ActualT]):
         ``statuses`` then hold the port statuses read back after the attempt.
         """
         async with self._sync_lock:
-            plan = self.diff(desired, await self.read_actual())
+            actual = await self.read_actual()
+            plan = self.diff(desired, actual)
             if not remove_stale:
                 plan = plan.without_stale_removals()
-            if plan:
-                log.debug("applying %d change(s): %s", len(plan), plan.describe())
-                try:
-                    await self.apply(plan)
-                except ApplyError as exc:
-                    exc.statuses = self.statuses(desired, await self.read_actual())
-                    raise
+            if not plan:
+                return self.statuses(desired, actual)
+            log.debug("applying %d change(s): %s", len(plan), plan.describe())
+            try:
+                await self.apply(plan)
+            except ApplyError as exc:
+                exc.statuses = self.statuses(desired, await self.read_actual())
+                raise
             return self.statuses(desired, await self.read_actual())

@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import pytest
 
-# The repository is not installed into the venv: make `controller`, `tests.support`
-# and the other top-level packages importable.
-_ROOT = str(Path(__file__).resolve().parent.parent)
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-
-from controller.etcd import EtcdClient  # noqa: E402
-from tests.support.etcd import session_etcd  # noqa: E402
-from tests.support.names import unique_key_prefix  # noqa: E402
+from controller.etcd import EtcdClient
+from tests.support.etcd import session_etcd
+from tests.support.names import unique_key_prefix
 
 
 @pytest.fixture(scope="session")
@@ -36,3 +28,20 @@ async def etcd_client(etcd_endpoint: str) -> AsyncIterator[EtcdClient]:
 def key_prefix() -> bytes:
     """A key prefix of this test's own: tests never see each other's keys."""
     return unique_key_prefix()
+
+
+from tests.support.controller import Env, StartEnv, env_factory  # noqa: E402
+
+
+@pytest.fixture
+async def start_env(etcd_endpoint: str, key_prefix: bytes) -> AsyncIterator[StartEnv]:
+    """``await start_env(**config_overrides)``: a started controller on this test's
+    prefix (call it again for a second controller on the same prefix)."""
+    async with env_factory(etcd_endpoint, key_prefix.decode()) as start:
+        yield start
+
+
+@pytest.fixture
+async def env(start_env: StartEnv) -> Env:
+    """A started controller with the default config, and admin / p1 / p2 clients."""
+    return await start_env()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -95,6 +96,43 @@ def test_builders_produce_wire_messages() -> None:
     assert op_put(b"k", b"v", lease=7).request_put.lease == 7
     with pytest.raises(ValueError, match="compare op"):
         cmp_mod(b"k", "==", 1)  # type: ignore[arg-type]
+
+
+def _kv(key: bytes, rev: int) -> pb.KeyValue:
+    return pb.KeyValue(key=key, mod_revision=rev, create_revision=rev, version=1)
+
+
+def _events(*revs: int) -> list[pb.Event]:
+    return [pb.Event(type=pb.Event.PUT, kv=_kv(b"k%d" % r, r)) for r in revs]
+
+
+def test_watch_state_reassembles_and_resumes_exactly() -> None:
+    """The bookkeeping behind resume, fed wire messages directly."""
+    state = client_module._WatchState(0)
+    created = pb.WatchResponse(created=True, header=pb.ResponseHeader(revision=10))
+    assert state.accept(created) is None
+    assert state.next_rev == 11  # "from now" pinned, so a reconnect skips nothing
+
+    part = pb.WatchResponse(fragment=True, events=_events(11, 11))
+    assert state.accept(part) is None and state.next_rev == 11
+    # header.revision (20) runs ahead during catch-up: it must not be trusted.
+    rest = pb.WatchResponse(events=_events(11, 12), header=pb.ResponseHeader(revision=20))
+    batch = state.accept(rest)
+    assert batch is not None and batch.revision == 12 and len(batch.events) == 4
+    assert state.next_rev == 13
+
+    replay = pb.WatchResponse(events=_events(12, 13))  # 12 already delivered
+    batch = state.accept(replay)
+    assert batch is not None and [e.kv.mod_revision for e in batch.events] == [13]
+
+    behind = pb.WatchResponse(header=pb.ResponseHeader(revision=5))  # lagging member
+    assert state.accept(behind) is None
+    progress = state.accept(pb.WatchResponse(header=pb.ResponseHeader(revision=30)))
+    assert progress == WatchBatch(30, [], True) and state.next_rev == 31
+
+    with pytest.raises(EtcdCompacted) as err:
+        state.accept(pb.WatchResponse(canceled=True, compact_revision=25))
+    assert err.value.compact_revision == 25
 
 
 # ---------------------------------------------------------------- KV
@@ -369,6 +407,40 @@ async def test_watch_from_compacted_revision_raises() -> None:
             await ok.aclose()
 
 
+async def test_watch_progress_notifications() -> None:
+    interval = ["--experimental-watch-progress-notify-interval", "100ms"]
+    async with (
+        private_etcd("progress", extra_args=interval) as etcd,
+        EtcdClient([etcd.endpoint]) as c,
+    ):
+        rev = await c.put(b"/other", b"x")
+        watch = c.watch(b"/quiet", start_revision=rev + 1)
+        try:
+            async with asyncio.timeout(5):
+                batch = await anext(watch)
+            assert batch.progress_notify and batch.events == [] and batch.revision == rev
+        finally:
+            await watch.aclose()
+
+
+async def test_lease_keeper_reports_loss_when_etcd_is_unreachable() -> None:
+    async with private_etcd("keeper") as etcd, EtcdClient([etcd.endpoint], timeout=1) as c:
+        lease, ttl = await c.lease_grant(1)
+        lost = asyncio.Event()
+
+        async def on_lost(lease_id: int) -> None:
+            assert lease_id == lease
+            lost.set()
+
+        keeper = c.keep_lease_alive(lease, ttl, on_lost=on_lost)
+        await asyncio.sleep(0.5)
+        assert not keeper.lost
+        etcd.kill()
+        # No confirmation for a whole TTL: the lease must be presumed gone.
+        await asyncio.wait_for(lost.wait(), 3)
+        assert keeper.lost
+
+
 # ---------------------------------------------------------------- multiple endpoints
 
 
@@ -489,7 +561,8 @@ async def test_supervise_restarts_a_dead_etcd() -> None:
             await c.put(b"/alive", b"yes")
     finally:
         await etcd.stop()
-        assert not etcd.running()
+        shutil.rmtree(directory, ignore_errors=True)
+    assert not etcd.running()
 
 
 async def test_missing_etcd_binary(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

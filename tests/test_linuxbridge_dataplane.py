@@ -17,7 +17,24 @@ from dataclasses import dataclass, field, replace
 
 import pytest
 import pytest_asyncio
-from support.netns import (
+
+from drivers.base import ApplyError
+from drivers.linuxbridge import ActualState, LinuxBridgeConfig, LinuxBridgeDriver, planner
+from drivers.linuxbridge.changes import (
+    AddFloodEntry,
+    DeleteFdbEntry,
+    EnsureBridge,
+    EnsureVlan,
+    EnsureVxlan,
+    SetMacEntry,
+    UnwirePort,
+    WirePort,
+)
+from drivers.linuxbridge.naming import bridge_name, vlan_name, vxlan_name
+from drivers.model import HostState, NetworkSpec, PortSpec, PortStatus
+from drivers.netlink import FdbEntry
+from drivers.plug import plug, unplug
+from tests.support.netns import (
     NamespacePool,
     Node,
     Underlay,
@@ -30,22 +47,6 @@ from support.netns import (
     start_tcp_server,
     tcp_banner,
 )
-
-from drivers.base import ApplyError
-from drivers.linuxbridge import ActualState, LinuxBridgeDriver
-from drivers.linuxbridge.changes import (
-    AddFloodEntry,
-    DeleteFdbEntry,
-    EnsureBridge,
-    EnsureVlan,
-    EnsureVxlan,
-    SetMacEntry,
-    UnwirePort,
-    WirePort,
-)
-from drivers.model import HostState, NetworkSpec, PortSpec, PortStatus
-from drivers.netlink import FdbEntry
-from drivers.plug import plug, unplug
 
 pytestmark = [
     pytest.mark.timeout(60),
@@ -218,21 +219,38 @@ def test_diff_is_pure_and_ordered() -> None:
         ports=[port],
         remote_vteps={net.id: {"192.0.2.2": {"fa:16:3e:00:00:02"}}},
     )
-    driver = LinuxBridgeDriver(tunnel_ip="192.0.2.1")
-    driver._supported = frozenset({"local", "vxlan"})  # as if probed; no I/O here
-    plan = driver.diff(desired, ActualState())
+    config = LinuxBridgeConfig(tunnel_ip="192.0.2.1")
+    supported = frozenset({"local", "vxlan"})  # as a probe would report
+    plan = planner.diff(desired, ActualState(), config, supported)
     assert [type(c) for c in plan] == [EnsureBridge, EnsureVxlan, AddFloodEntry, SetMacEntry]
     assert plan.changes[0] == EnsureBridge("brqnnnnnnnnnnn", VXLAN_MTU)
     assert plan.changes[1] == EnsureVxlan(
         "vxlan-1001", 1001, "192.0.2.1", 4789, VXLAN_MTU, "brqnnnnnnnnnnn"
     )
     # No device yet: the port is simply DOWN, not an error.
-    assert driver.statuses(desired, ActualState()) == [
+    assert planner.statuses(desired, ActualState(), config, supported) == [
         PortStatus(port.id, "DOWN", f"device {port.device_name} not found")
     ]
     # Hashable, cheap to compare.
     assert hash(desired) == hash(HostState.build([net], [port], desired.remote_vteps))
+    assert desired == HostState.build([net], [port], desired.remote_vteps)
     assert port.mac == "fa:16:3e:00:00:01" and port.device_name == "tap" + "p" * 11
+    # Unsupported types are errors for their ports, with the reason.
+    gre = NetworkSpec("g" * 36, "gre", 7, None, 1400)
+    gre_port = PortSpec("q" * 36, gre.id, "fa:16:3e:00:00:03", True, 1400)
+    with_gre = HostState.build([net, gre], [port, gre_port])
+    assert planner.statuses(with_gre, ActualState(), config, supported)[1] == PortStatus(
+        gre_port.id, "ERROR", "network type gre is not supported on this host"
+    )
+
+
+def test_device_names() -> None:
+    assert bridge_name("0123456789abcdef") == "brq0123456789a"
+    assert vxlan_name(16777215) == "vxlan-16777215"
+    assert vlan_name("eth1", 100) == "eth1.100"
+    long_name = vlan_name("enp0s31f6long", 4094)
+    assert len(long_name) == 15 and long_name.endswith(".4094")
+    assert long_name != vlan_name("enp0s31f6lonh", 4094)
 
 
 # -- capability probing ----------------------------------------------------------------
@@ -258,12 +276,14 @@ async def test_probe_reports_vlan_and_gre_unsupported(make_cluster: ClusterFacto
 
     # The vlan code path itself, forced on this kernel: the failure is collected and
     # reported (the rest of the plan still applies), the port reads back DOWN.
-    driver._supported = driver.supported_network_types() | {"vlan"}
+    forced = driver.supported_network_types() | {"vlan"}
+    desired = cluster.desired("node1")
+    plan = planner.diff(desired, await driver.read_actual(), driver.config, forced)
     with pytest.raises(ApplyError) as info:
-        await driver.sync(cluster.desired("node1"), remove_stale=True)
+        await driver.apply(plan)
     [(change, _)] = info.value.failures
     assert change == EnsureVlan("eth1.100", "eth1", 100, 1500, "brq" + net.id[:11])
-    [status] = info.value.statuses
+    [status] = planner.statuses(desired, await driver.read_actual(), driver.config, forced)
     assert status.status == "DOWN" and "eth1.100" in status.reason
 
 

@@ -6,11 +6,14 @@ This one does only what Baryon needs, over ``grpc.aio``:
 
 * Every call carries "hasleader" metadata: a member without a leader fails fast
   (UNAVAILABLE) rather than holding requests, and a watch on it is closed.
-* Multi-endpoint. On UNAVAILABLE the client moves to the next endpoint. Reads
-  (Range) are retried until the call's deadline. Writes (Put, DeleteRange, Txn)
-  are never retried: a write in flight when a member dies may still be applied,
-  so the caller gets ``EtcdUnavailable``/``EtcdTimeout`` and must re-read (and
-  use compare-and-swap) before trying again.
+* Multi-endpoint. A call is only sent on a connected channel: while the current
+  member is down or restarting, the call waits and tries the other endpoints, up
+  to its deadline. That is safe for writes too, since nothing has been sent.
+  Once sent, a read (Range) that fails with UNAVAILABLE is retried on the next
+  endpoint until the deadline. A write (Put, DeleteRange, Txn) is never retried:
+  one in flight when a member dies may still be applied, so the caller gets
+  ``EtcdUnavailable``/``EtcdTimeout`` and must re-read (and use compare-and-swap)
+  before trying again.
 * Watches resume on another endpoint from the last delivered revision + 1, so a
   consumer sees every event exactly once, or ``EtcdCompacted`` if history is gone.
 * Leases can be kept alive in the background; losing one is reported, never silent.
@@ -216,7 +219,8 @@ class Event:
 
 @dataclass(slots=True)
 class WatchBatch:
-    """What a watch delivers.
+    """What a watch delivers: whole revisions, never part of one (one revision
+    when following live writes, often several while catching up).
 
     ``revision`` is the revision the consumer is now complete up to: the
     revision of the last event in the batch, or for a progress notification
@@ -937,8 +941,8 @@ class LeaseKeeper:
 
     async def stop(self) -> None:
         """Stop refreshing (the lease then expires after its TTL unless revoked)."""
-        if self._task.done():
-            return
+        if self._task.done() or self._task is asyncio.current_task():
+            return  # finished, or called from on_lost: the task is ending anyway
         self._task.cancel()
         try:
             await self._task

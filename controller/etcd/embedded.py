@@ -48,6 +48,7 @@ _HEALTH_POLL_S: Final = 0.05
 _SUPERVISE_POLL_S: Final = 0.2
 _RESTART_BACKOFF_MAX_S: Final = 30.0
 _LOG_TAIL_BYTES: Final = 2000
+_LOG_ROTATE_BYTES: Final = 10 * 1024 * 1024
 _PR_SET_PDEATHSIG: Final = 1
 
 
@@ -199,6 +200,7 @@ class EmbeddedEtcd:
             self.socket_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             self._remove_stale_socket()
             cwd = self.socket_path.parent
+        self._rotate_log()
         prefix, preexec = _pdeathsig_prefix()
         with open(self.log_path, "ab") as log_file:
             self._proc = subprocess.Popen(
@@ -213,6 +215,14 @@ class EmbeddedEtcd:
             )
         log.info("started etcd %s (pid %d) on %s", self.name, self._proc.pid, self.endpoint)
         return self._proc.pid
+
+    def _rotate_log(self) -> None:
+        # The log is appended to across restarts; keep one previous generation.
+        try:
+            if self.log_path.stat().st_size > _LOG_ROTATE_BYTES:
+                self.log_path.replace(self.log_path.with_suffix(".log.1"))
+        except FileNotFoundError:
+            pass
 
     def _remove_stale_socket(self) -> None:
         # A killed etcd leaves its socket file behind and the next bind fails.

@@ -7,6 +7,7 @@ VLAN sub-interface or physical NIC), then ports; stale removals (flagged
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -131,7 +132,7 @@ def _needs_ensure(actual: ActualState, link: Link | None, bridge: str | None, mt
 def _unicast_targets(vteps: Mapping[str, frozenset[str]]) -> dict[str, str]:
     """MAC -> VTEP; a MAC listed behind several VTEPs (mid-move) goes to the lowest IP."""
     out: dict[str, str] = {}
-    for ip in sorted(vteps, reverse=True):
+    for ip in sorted(vteps, key=ipaddress.ip_address, reverse=True):
         for mac in vteps[ip]:
             out[mac] = ip
     return out

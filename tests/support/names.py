@@ -7,14 +7,31 @@ It is short because Linux interface names are limited to 15 characters.
 from __future__ import annotations
 
 import itertools
+import os
 import secrets
+import sys
 import uuid
 from typing import Final
 
-RUN_PREFIX: Final = "by" + secrets.token_hex(2)
 IFNAME_MAX: Final = 15
 
-_counter = itertools.count()
+# Kept in the environment so that this module imported under two names
+# ("tests.support.names" and "support.names") and the processes tests start
+# all agree on one prefix per run.
+RUN_PREFIX: Final = os.environ.setdefault("BARYON_TEST_RUN_PREFIX", "by" + secrets.token_hex(2))
+
+
+def _shared_counter() -> itertools.count[int]:
+    # Same reason: both copies of this module must draw from one counter, or
+    # they would hand out the same names.
+    for alias in ("tests.support.names", "support.names"):
+        counter = getattr(sys.modules.get(alias), "_counter", None)
+        if isinstance(counter, itertools.count):
+            return counter
+    return itertools.count()
+
+
+_counter = _shared_counter()
 
 
 def unique(name: str = "", *, max_len: int | None = None) -> str:

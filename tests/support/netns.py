@@ -4,24 +4,21 @@ cleanup that removes all of it (processes by PID, namespaces by name) even when 
 test fails.
 
 Safety: nothing here touches the root namespace. Every namespace name starts with
-RUN_PREFIX (unique per test run); underlay addresses are 192.0.2.0/24 and live only
-inside the node namespaces.
-
-NOTE: self-contained for now (its own RUN_PREFIX); switch to tests/support/names.py's
-RUN_PREFIX once that module lands.
+RUN_PREFIX (tests/support/names.py, unique per test run); underlay addresses are
+192.0.2.0/24 and live only inside the node namespaces.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-RUN_PREFIX = f"bq{os.getpid():x}{secrets.token_hex(2)}"
+from tests.support.names import RUN_PREFIX, unique
+
 NETNS_DIR = "/run/netns"
 UNDERLAY_NET = "192.0.2"  # /24, documentation range; node i gets .i (i >= 1)
 
@@ -75,11 +72,11 @@ def list_run_namespaces(prefix: str = RUN_PREFIX) -> list[str]:
 
 
 class NamespacePool:
-    """Creates namespaces named RUN_PREFIX-<tag>-<role>, starts processes in them, and
-    removes everything in cleanup()."""
+    """Creates namespaces named <RUN_PREFIX><tag>_<n>-<role>, starts processes in them,
+    and removes everything in cleanup()."""
 
     def __init__(self, tag: str) -> None:
-        self.prefix = f"{RUN_PREFIX}-{tag}-"
+        self.prefix = unique(tag) + "-"
         self.namespaces: list[str] = []
         self.processes: list[asyncio.subprocess.Process] = []
 

@@ -46,6 +46,11 @@ class Config:
     quotas: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_QUOTAS))
     per_project_quotas: dict[str, dict[str, int]] = field(default_factory=dict)
     ml2: Ml2Config = field(default_factory=Ml2Config)
+    # Agents (controller.agents): seconds a disconnected agent stays alive, the
+    # per-stream queue bound, and how many recent revisions reconnects can catch up on.
+    agent_lease_ttl: int = 5
+    agent_queue_size: int = 256
+    agent_ring_size: int = 4096
 
     def quota(self, project_id: str, resource: str) -> int:
         override = self.per_project_quotas.get(project_id, {})

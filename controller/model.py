@@ -110,10 +110,40 @@ class SecurityGroupRule(Resource):
     dedup_key: str = ""
 
 
+@dataclass(slots=True)
+class Agent(Resource):
+    """A node agent's registration (controller.agents); id from (agent_type, host)."""
+
+    KIND: ClassVar[str] = "agent"
+
+    host: str = ""
+    agent_type: str = ""
+    mechanism: str = ""
+    supported_network_types: list[str] = field(default_factory=list)
+    physical_network_mappings: dict[str, str] = field(default_factory=dict)
+    tunnel_ip: str = ""
+    version: str = ""
+    services: list[str] = field(default_factory=list)
+    started_at: float = 0.0
+    last_seen: float = 0.0
+    applied_revision: int = 0
+    session: str = ""  # the connection that wrote it last
+
+
+@dataclass(slots=True)
+class AgentLiveness(Resource):
+    """Exists while the agent (same id) holds its liveness lease."""
+
+    KIND: ClassVar[str] = "agent_alive"
+
+    session: str = ""
+
+
 R = TypeVar("R", bound=Resource)
 
 KINDS: dict[str, type[Resource]] = {
-    cls.KIND: cls for cls in (Network, Subnet, Port, SecurityGroup, SecurityGroupRule)
+    cls.KIND: cls
+    for cls in (Network, Subnet, Port, SecurityGroup, SecurityGroupRule, Agent, AgentLiveness)
 }
 
 

@@ -23,7 +23,7 @@ from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from typing import Any, TypeVar
 
-from controller.errors import Aborted, Unavailable
+from controller.errors import Aborted, BaryonError, Unavailable
 from controller.etcd.client import (
     EtcdClient,
     EtcdCompacted,
@@ -322,10 +322,25 @@ class Store:
         `build` raises a domain error to refuse, or fills the Txn and returns the
         result to hand back once the transaction is committed.
         """
+        synced = False
         for _ in range(MAX_ATTEMPTS):
             txn = Txn(self)
             try:
                 result = build(txn)
+            except BaryonError:
+                # A refusal is not checked against etcd by any compare, so it must not
+                # rest on a stale cache (e.g. a resource this client just created, here
+                # or on another controller, not yet seen by the watch): catch up once
+                # and build again before refusing.
+                self._drop(txn.reservations)
+                if synced:
+                    raise
+                before = self.cache.revision
+                await self.sync()
+                synced = True
+                if self.cache.revision == before:
+                    raise
+                continue
             except BaseException:
                 self._drop(txn.reservations)
                 raise
@@ -340,6 +355,12 @@ class Store:
                 raise
             if res.succeeded:
                 self._release_after(res.revision, txn.reservations)
+                # Read-your-writes: responses (and the caller's next request) are built
+                # from the cache, so let the watch deliver this change first.
+                try:
+                    await self.wait_for(res.revision)
+                except Unavailable:
+                    log.warning("cache did not catch up with revision %d", res.revision)
                 return result, res.revision
             self._drop(txn.reservations)
             # Catch up to the change that made a compare fail, then rebuild. With no

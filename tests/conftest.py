@@ -30,18 +30,5 @@ def key_prefix() -> bytes:
     return unique_key_prefix()
 
 
-from tests.support.controller import Env, StartEnv, env_factory  # noqa: E402
-
-
-@pytest.fixture
-async def start_env(etcd_endpoint: str, key_prefix: bytes) -> AsyncIterator[StartEnv]:
-    """``await start_env(**config_overrides)``: a started controller on this test's
-    prefix (call it again for a second controller on the same prefix)."""
-    async with env_factory(etcd_endpoint, key_prefix.decode()) as start:
-        yield start
-
-
-@pytest.fixture
-async def env(start_env: StartEnv) -> Env:
-    """A started controller with the default config, and admin / p1 / p2 clients."""
-    return await start_env()
+# In-process controller fixtures (env, start_env): see tests/support/controller.py.
+from tests.support.controller import env, start_env  # noqa: E402, F401

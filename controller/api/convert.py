@@ -8,6 +8,7 @@ fields named in the update mask.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -45,7 +46,8 @@ def _to_domain(fd: Any, value: Any) -> Any:
     if name in _LIST_WRAPPERS:
         inner = getattr(value, _LIST_WRAPPERS[name])
         return _to_domain(value.DESCRIPTOR.fields_by_name[_LIST_WRAPPERS[name]], inner)
-    raise InvalidArgument(f"{fd.name} cannot be set", field=fd.name)
+    kind = re.sub(r"(?<!^)(?=[A-Z])", "_", fd.containing_type.name).lower()
+    raise InvalidArgument(f"{fd.name} cannot be set", field=f"{kind}.{fd.name}")
 
 
 def _is_repeated(fd: Any) -> bool:

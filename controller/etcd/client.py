@@ -102,7 +102,7 @@ _CONNECT_GRACE: Final = 1.0
 _RETRY_BACKOFF_START: Final = 0.05
 _RETRY_BACKOFF_MAX: Final = 1.0
 
-# Transport-level failures after which a watch or lease stream is simply reopened.
+# Transport-level failures after which a watch stream is simply reopened.
 _STREAM_RETRYABLE: Final = frozenset(
     {
         grpc.StatusCode.UNAVAILABLE,
@@ -162,10 +162,12 @@ def _map_error(err: aio.AioRpcError) -> EtcdError:
     code = err.code()
     details = err.details() or ""
     message = f"etcd {code.name}: {details}"
+    # etcd reports its own proposal timeouts ("etcdserver: request timed out...")
+    # as UNAVAILABLE; they are timeouts: the write may yet be applied.
+    if code is grpc.StatusCode.DEADLINE_EXCEEDED or "request timed out" in details:
+        return EtcdTimeout(message, code)
     if code is grpc.StatusCode.UNAVAILABLE or code is grpc.StatusCode.CANCELLED:
         return EtcdUnavailable(message, code)
-    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
-        return EtcdTimeout(message, code)
     if code is grpc.StatusCode.OUT_OF_RANGE and "compacted" in details:
         return EtcdCompacted(0, message)
     if code is grpc.StatusCode.NOT_FOUND and "lease not found" in details:
@@ -429,6 +431,11 @@ class EtcdClient:
     @property
     def endpoints(self) -> list[str]:
         return list(self._targets)
+
+    @property
+    def current_endpoint(self) -> str:
+        """The endpoint the next call goes to first (it moves on failures)."""
+        return self._targets[self._index]
 
     @property
     def timeout(self) -> float:

@@ -133,7 +133,9 @@ class Service:
 
 
 def network_visible(ctx: Context, net: Any) -> bool:
-    return bool(ctx.is_admin or net.project_id == ctx.project_id or net.shared)
+    # Neutron's get_network policy: owner, shared, or router:external (everyone may
+    # see external networks to pick a gateway or floating IP pool).
+    return bool(ctx.is_admin or net.project_id == ctx.project_id or net.shared or net.external)
 
 
 def bump(old: R, changes: Mapping[str, Any]) -> R:

@@ -45,7 +45,7 @@ class SubnetService(Service):
         if ctx.is_admin or obj.project_id == ctx.project_id:
             return True
         net = self.cache.get(Network, obj.network_id)
-        return net is not None and net.shared
+        return net is not None and (net.shared or net.external)
 
     def plan(self, attrs: Mapping[str, Any]) -> ipam.SubnetPlan:
         return ipam.validate_subnet(

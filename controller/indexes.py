@@ -23,6 +23,8 @@ AUTO_DELETE_OWNERS = frozenset({"network:dhcp", "network:distributed"})
 
 def index_keys(obj: Resource) -> Iterator[tuple[str, bool]]:
     """(key below the index prefix, unique) pairs for a stored resource."""
+    if obj.quota_slot >= 0:
+        yield f"q/{obj.project_id}/{obj.KIND}/{obj.quota_slot}", True
     if isinstance(obj, Port):
         for subnet_id, ip in obj.fixed_ips:
             yield f"ip/{subnet_id}/{ip}", True
@@ -58,6 +60,8 @@ def segment_of(net: Network) -> tuple[str, str, int] | None:
 def relations(obj: Resource) -> Iterator[tuple[str, Hashable]]:
     """In-memory index entries: (relation name, key) → set of resource ids."""
     yield f"project:{obj.KIND}", obj.project_id
+    if obj.quota_slot >= 0:
+        yield "quota_slot", (obj.KIND, obj.project_id, obj.quota_slot)
     if isinstance(obj, Port):
         yield "net_ports", obj.network_id
         for subnet_id, ip in obj.fixed_ips:

@@ -30,6 +30,8 @@ class Resource:
     revision_number: int = 0
     created_at: float = 0.0
     updated_at: float = 0.0
+    # The project quota slot this resource holds (-1: not counted); see Service.quota_slot.
+    quota_slot: int = -1
 
 
 @dataclass(slots=True)

@@ -158,6 +158,33 @@ async def test_tenant_segment_race_is_exact(start_env: StartEnv) -> None:
     assert len(await index_keys(a, "seg/vxlan/-/")) == 5
 
 
+async def test_quota_race_is_exact(start_env: StartEnv) -> None:
+    """Quotas hold across controllers: each resource takes a unique quota slot key."""
+    quotas = {
+        "network": 3,
+        "subnet": 100,
+        "port": 4,
+        "security_group": 10,
+        "security_group_rule": 100,
+    }
+    a, b = await two(start_env, quotas=quotas)
+    tasks = [env.p1.network(name=f"n{i}") for env in (a, b) for i in range(5)]
+    ok, failed = split(await asyncio.gather(*tasks, return_exceptions=True))
+    assert len(ok) == 3
+    assert reasons(failed) == Counter({("RESOURCE_EXHAUSTED", "OverQuota"): 7})
+    assert len(await index_keys(a, "q/p1/network/")) == 3
+    # Deleting frees a slot for the next create, on either controller.
+    await a.p1.delete_network(ok[0].id)
+    await b.p1.network(name="again")
+    await expect_error(b.p1.network(name="over"), StatusCode.RESOURCE_EXHAUSTED, "OverQuota")
+    net = ok[1]
+    await a.p1.subnet(net.id, "10.9.0.0/24")
+    ports = [env.p1.port(net.id) for env in (a, b) for _ in range(4)]
+    ok, failed = split(await asyncio.gather(*ports, return_exceptions=True))
+    assert len(ok) == 4
+    assert reasons(failed) == Counter({("RESOURCE_EXHAUSTED", "OverQuota"): 4})
+
+
 async def test_default_group_race(start_env: StartEnv) -> None:
     a, b = await two(start_env)
     results = await asyncio.gather(*(env.p1.list_sgs() for env in (a, b) for _ in range(4)))

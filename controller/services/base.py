@@ -12,6 +12,7 @@ from typing import Any
 from controller.auth import Context
 from controller.config import Config
 from controller.errors import InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
+from controller.ipam import PoolAllocator
 from controller.model import R, Resource
 from controller.store import Cache, Store, Txn
 
@@ -91,17 +92,33 @@ class Service:
             "updated_at": now,
         }
 
-    def check_quota(self, txn: Txn, project_id: str, kind: str, adding: int = 1) -> None:
+    def quota_slot(self, txn: Txn, project_id: str, kind: str) -> int:
+        """A free quota slot for one more `kind` in the project (-1 when unlimited).
+
+        Each counted resource holds a unique index key q/<project>/<kind>/<slot> with
+        slot < limit, taken like an IP address, so concurrent creates on any number of
+        controllers can never exceed the quota.
+        """
         limit = self.cfg.quota(project_id, kind)
         if limit < 0:
-            return
-        used = self.cache.count(kind, project_id)
-        if used + adding > limit:
+            return -1
+        cache = self.cache
+        reserved = self.store.reserved
+
+        def taken(n: int) -> bool:
+            key = (kind, project_id, n)
+            return cache.has("quota_slot", key) or ("quota_slot", *key) in reserved
+
+        slot = PoolAllocator([(0, limit - 1)]).pick(taken, self.store.rng) if limit else None
+        if slot is None:
+            used = cache.count(kind, project_id)
             raise ResourceExhausted(
-                f"quota exceeded for resources: ['{kind}'] (limit {limit}, in use {used})",
+                f"Quota exceeded for resources: ['{kind}'] (limit {limit}, in use {used})",
                 reason="OverQuota",
                 resource=kind,
             )
+        txn.reserve(("quota_slot", kind, project_id, slot))
+        return slot
 
     # -- lists
     def page(self, ctx: Context, objs: Iterable[R], q: ListQuery) -> tuple[list[R], str]:

@@ -64,7 +64,7 @@ class NetworkService(Service):
 
         def build(txn: Txn) -> Network:
             common = self.common(ctx, attrs, "network")
-            self.check_quota(txn, common["project_id"], "network")
+            common["quota_slot"] = self.quota_slot(txn, common["project_id"], "network")
             seg = driver.allocate(self.cache, txn, physnet, segid, self.store.rng)
             max_mtu = driver.mtu(seg.physical_network)
             mtu = attrs.get("mtu", max_mtu)

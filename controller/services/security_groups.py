@@ -105,7 +105,7 @@ class SecurityGroupService(Service):
         def build(txn: Txn) -> SecurityGroup:
             common = self.common(ctx, attrs, "security_group")
             self.default_group(txn, common["project_id"])
-            self.check_quota(txn, common["project_id"], "security_group")
+            common["quota_slot"] = self.quota_slot(txn, common["project_id"], "security_group")
             sg = SecurityGroup(**common, stateful=attrs.get("stateful", True))
             txn.create(sg)
             for r in sgrules.default_rules(sg.id, is_default=False):
@@ -229,7 +229,7 @@ class SecurityGroupService(Service):
                     reason="SecurityGroupRuleExists",
                     rule_id=min(dup),
                 )
-            self.check_quota(txn, sg.project_id, "security_group_rule")
+            rule.quota_slot = self.quota_slot(txn, sg.project_id, "security_group_rule")
             txn.depends_on(sg)
             txn.create(rule)
             return rule

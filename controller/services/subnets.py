@@ -92,7 +92,7 @@ class SubnetService(Service):
         def build(txn: Txn) -> Subnet:
             net = self.find_network(ctx, attrs.get("network_id", ""))
             common = self.common(ctx, attrs, "subnet")
-            self.check_quota(txn, common["project_id"], "subnet")
+            common["quota_slot"] = self.quota_slot(txn, common["project_id"], "subnet")
             others = self.cache.related(Subnet, "net_subnets", net.id)
             ipam.check_no_overlap(plan.cidr, [(s.id, s.cidr) for s in others], network_id=net.id)
             txn.depends_on(net)

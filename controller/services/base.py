@@ -92,12 +92,14 @@ class Service:
             "updated_at": now,
         }
 
-    def quota_slot(self, txn: Txn, project_id: str, kind: str) -> int:
+    def quota_slot(self, txn: Txn, project_id: str, kind: str, *, enforce: bool = True) -> int:
         """A free quota slot for one more `kind` in the project (-1 when unlimited).
 
         Each counted resource holds a unique index key q/<project>/<kind>/<slot> with
         slot < limit, taken like an IP address, so concurrent creates on any number of
-        controllers can never exceed the quota.
+        controllers can never exceed the quota. Resources the system creates on the
+        project's behalf (its default group and rules) pass `enforce=False`: like in
+        Neutron they count while there is room, and are never refused.
         """
         limit = self.cfg.quota(project_id, kind)
         if limit < 0:
@@ -111,6 +113,8 @@ class Service:
 
         slot = PoolAllocator([(0, limit - 1)]).pick(taken, self.store.rng) if limit else None
         if slot is None:
+            if not enforce:
+                return -1
             used = cache.count(kind, project_id)
             raise ResourceExhausted(
                 f"Quota exceeded for resources: ['{kind}'] (limit {limit}, in use {used})",

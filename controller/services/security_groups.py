@@ -60,11 +60,19 @@ class SecurityGroupService(Service):
             updated_at=now,
             stateful=True,
             is_default=True,
+            quota_slot=self.quota_slot(txn, project_id, "security_group", enforce=False),
         )
         txn.create(sg)
         for rule in sgrules.default_rules(sg.id):
-            txn.create(self._rule(sg, rule, now, ""))
+            self._create_implicit_rule(txn, sg, rule, now)
         return sg
+
+    def _create_implicit_rule(
+        self, txn: Txn, sg: SecurityGroup, r: sgrules.NormalizedRule, now: float
+    ) -> None:
+        rule = self._rule(sg, r, now, "")
+        rule.quota_slot = self.quota_slot(txn, sg.project_id, "security_group_rule", enforce=False)
+        txn.create(rule)
 
     async def ensure_default(self, project_id: str) -> None:
         if self.cache.has("default_sg", project_id):
@@ -109,7 +117,7 @@ class SecurityGroupService(Service):
             sg = SecurityGroup(**common, stateful=attrs.get("stateful", True))
             txn.create(sg)
             for r in sgrules.default_rules(sg.id, is_default=False):
-                txn.create(self._rule(sg, r, common["created_at"], ""))
+                self._create_implicit_rule(txn, sg, r, common["created_at"])
             return sg
 
         sg, _ = await self.store.commit(build)

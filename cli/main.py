@@ -23,9 +23,11 @@ from cli.client import (
     Settings,
     Transport,
 )
+from cli.floating_ips import FLOATING_IP, floating_ip_commands
 from cli.networks import NETWORK
 from cli.options import Resolver, value_of
 from cli.output import FORMATS, Output
+from cli.plug import extra_commands
 from cli.ports import PORT
 from cli.resource import (
     ApiResolver,
@@ -39,10 +41,19 @@ from cli.resource import (
     ShowCommand,
     commands_for,
 )
+from cli.routers import ROUTER, router_commands
 from cli.security_groups import RULE, SECURITY_GROUP
 from cli.subnets import SUBNET
 
-RESOURCES: tuple[Resource, ...] = (NETWORK, SUBNET, PORT, SECURITY_GROUP, RULE)
+RESOURCES: tuple[Resource, ...] = (
+    NETWORK,
+    SUBNET,
+    PORT,
+    SECURITY_GROUP,
+    RULE,
+    ROUTER,
+    FLOATING_IP,
+)
 
 # Subcommands run in-process by other packages: name -> (module, help).
 DISPATCH: dict[str, tuple[str, str]] = {
@@ -131,7 +142,7 @@ class CommandTree:
     def node(self, path: tuple[str, ...]) -> argparse.ArgumentParser:
         if path not in self.parsers:
             titles = [r.title for r in RESOURCES if r.path[: len(path)] == path]
-            help = f"{', '.join(titles)} commands"
+            help = f"{', '.join(titles) or ' '.join(path)} commands"
             self.parsers[path] = self.children(path[:-1]).add_parser(
                 path[-1], help=help, description=help
             )
@@ -162,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     for resource in RESOURCES:
         for command in commands_for(resource):
             tree.add_command(command)
+    for command in [*extra_commands(), *router_commands(), *floating_ip_commands()]:
+        tree.add_command(command)
     for name, (_, help) in DISPATCH.items():
         sub = tree.children(()).add_parser(name, help=help, add_help=False)
         sub.add_argument("args", nargs=argparse.REMAINDER)

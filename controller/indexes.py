@@ -14,11 +14,25 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Iterator
 
-from controller.model import Network, Port, Resource, SecurityGroup, SecurityGroupRule, Subnet
+from controller.model import (
+    FloatingIP,
+    Network,
+    Port,
+    Resource,
+    SecurityGroup,
+    SecurityGroupRule,
+    Subnet,
+)
 
 # Services whose network ports are created by the controller and go away with
 # their network or subnet (Neutron's AUTO_DELETE_PORT_OWNERS).
 AUTO_DELETE_OWNERS = frozenset({"network:dhcp", "network:distributed"})
+
+# Ports the L3 services create and own (device_id = the router or floating IP).
+ROUTER_INTERFACE = "network:router_interface"
+ROUTER_GATEWAY = "network:router_gateway"
+FLOATINGIP_OWNER = "network:floatingip"
+L3_OWNERS = frozenset({ROUTER_INTERFACE, ROUTER_GATEWAY, FLOATINGIP_OWNER})
 
 
 def index_keys(obj: Resource) -> Iterator[tuple[str, bool]]:
@@ -32,6 +46,9 @@ def index_keys(obj: Resource) -> Iterator[tuple[str, bool]]:
         yield f"netport/{obj.network_id}/{obj.id}", False
         for sg in obj.security_groups:
             yield f"sgport/{sg}/{obj.id}", False
+        if obj.device_id and obj.device_owner in (ROUTER_INTERFACE, ROUTER_GATEWAY):
+            # "no interface was added to this router since I looked"
+            yield f"rtrport/{obj.device_id}/{obj.id}", False
     elif isinstance(obj, Subnet):
         yield f"netsubnet/{obj.network_id}/{obj.id}", False
     elif isinstance(obj, Network):
@@ -45,6 +62,13 @@ def index_keys(obj: Resource) -> Iterator[tuple[str, bool]]:
         yield f"sgrule/{obj.security_group_id}/{obj.dedup_key}", True
         if obj.remote_group_id:
             yield f"sgref/{obj.remote_group_id}/{obj.id}", False
+    elif isinstance(obj, FloatingIP):
+        if obj.port_id:
+            # Neutron's unique (floating_network_id, fixed_port_id, fixed_ip_address).
+            key = f"{obj.port_id}/{obj.fixed_ip_address}/{obj.floating_network_id}"
+            yield f"fipassoc/{key}", True
+        if obj.router_id:
+            yield f"fiprtr/{obj.router_id}/{obj.id}", False
 
 
 def segment_of(net: Network) -> tuple[str, str, int] | None:
@@ -88,3 +112,9 @@ def relations(obj: Resource) -> Iterator[tuple[str, Hashable]]:
         yield "rule", (obj.security_group_id, obj.dedup_key)
         if obj.remote_group_id:
             yield "sg_refs", obj.remote_group_id
+    elif isinstance(obj, FloatingIP):
+        if obj.port_id:
+            yield "fip_port", obj.port_id
+            yield "fip_assoc", (obj.port_id, obj.fixed_ip_address, obj.floating_network_id)
+        if obj.router_id:
+            yield "fip_router", obj.router_id

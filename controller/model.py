@@ -141,11 +141,52 @@ class AgentLiveness(Resource):
     session: str = ""
 
 
+@dataclass(slots=True)
+class Router(Resource):
+    """A logical router. Its gateway and interfaces are ports with device_id = its id."""
+
+    KIND: ClassVar[str] = "router"
+    PAIR_FIELDS: ClassVar[tuple[str, ...]] = ("routes",)
+
+    admin_state_up: bool = True
+    status: str = "ACTIVE"
+    gw_network_id: str = ""  # "" = no gateway
+    gw_port_id: str = ""
+    enable_snat: bool = True
+    routes: list[Pair] = field(default_factory=list)  # (destination, nexthop)
+
+
+@dataclass(slots=True)
+class FloatingIP(Resource):
+    """A floating IP; its address is held by a network:floatingip port (floating_port_id)."""
+
+    KIND: ClassVar[str] = "floatingip"
+
+    floating_network_id: str = ""
+    floating_ip_address: str = ""
+    subnet_id: str = ""
+    floating_port_id: str = ""
+    port_id: str = ""
+    fixed_ip_address: str = ""
+    router_id: str = ""
+    status: str = "DOWN"
+
+
 R = TypeVar("R", bound=Resource)
 
 KINDS: dict[str, type[Resource]] = {
     cls.KIND: cls
-    for cls in (Network, Subnet, Port, SecurityGroup, SecurityGroupRule, Agent, AgentLiveness)
+    for cls in (
+        Network,
+        Subnet,
+        Port,
+        SecurityGroup,
+        SecurityGroupRule,
+        Agent,
+        AgentLiveness,
+        Router,
+        FloatingIP,
+    )
 }
 
 

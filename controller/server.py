@@ -13,13 +13,16 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from controller.agents.service import AgentService
 from controller.api.servicers import Api
 from controller.auth import TokenTable
 from controller.config import Config, default_state_dir, load_config
 from controller.etcd.client import EtcdClient
 from controller.etcd.embedded import EmbeddedEtcd, EtcdNotInstalled
+from controller.services.floating_ips import FloatingIPService
 from controller.services.networks import NetworkService
 from controller.services.ports import PortService
+from controller.services.routers import RouterService
 from controller.services.security_groups import SecurityGroupService
 from controller.services.subnets import SubnetService
 from controller.store import Store
@@ -34,6 +37,9 @@ SERVER_OPTIONS = [
     ("grpc.http2.ping_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
+    # The key gRPC core actually reads (GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS);
+    # without it agents pinging every 6 s get GOAWAY "too_many_pings" after ~20 s.
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
@@ -67,6 +73,7 @@ class Controller:
         self.etcd: EtcdClient | None = None
         self.store: Store | None = None
         self.server: grpc.aio.Server | None = None
+        self.agents: AgentService | None = None
         self.port = 0
 
     async def start(self) -> None:
@@ -76,15 +83,21 @@ class Controller:
         await self.store.start()
         drivers = load_type_drivers(self.cfg.ml2)
         sgs = SecurityGroupService(self.store, self.cfg)
+        ports = PortService(self.store, self.cfg, sgs)
         api = Api(
             self.tokens,
             NetworkService(self.store, self.cfg, drivers),
             SubnetService(self.store, self.cfg),
-            PortService(self.store, self.cfg, sgs),
+            ports,
             sgs,
+            RouterService(self.store, self.cfg, ports),
+            FloatingIPService(self.store, self.cfg, ports),
         )
         self.server = grpc.aio.server(options=SERVER_OPTIONS)
         names = api.register(self.server)
+        self.agents = AgentService(self.store, self.cfg, self.tokens)
+        self.agents.start()
+        names += self.agents.register(self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names += [
@@ -102,6 +115,8 @@ class Controller:
     async def stop(self) -> None:
         if self.server is not None:
             await self.health.enter_graceful_shutdown()
+            if self.agents is not None:
+                await self.agents.close()  # agent streams would hold stop() for its grace
             await self.server.stop(1.0)
         if self.store is not None:
             await self.store.stop()

@@ -94,18 +94,74 @@ class NetworkSpec:
             raise ValueError(f"network {self.id}: mtu {self.mtu} below 68")
 
 
+SG_DIRECTIONS = frozenset({"ingress", "egress"})
+SG_ETHERTYPES = frozenset({"IPv4", "IPv6"})
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSpec:
+    """One security group rule, in the stored form of controller.sgrules.NormalizedRule.
+
+    protocol: lower-case name or decimal number string (None: any); for icmp/ipv6-icmp
+    port_range_min/max are the ICMP type/code; remote_ip_prefix and remote_group_id are
+    mutually exclusive (neither: any remote).
+    """
+
+    direction: str
+    ethertype: str = "IPv4"
+    protocol: str | None = None
+    port_range_min: int | None = None
+    port_range_max: int | None = None
+    remote_ip_prefix: str | None = None
+    remote_group_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.direction not in SG_DIRECTIONS:
+            raise ValueError(f"bad rule direction {self.direction!r}")
+        if self.ethertype not in SG_ETHERTYPES:
+            raise ValueError(f"bad rule ethertype {self.ethertype!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityGroupSpec:
+    """A security group as the firewall needs it. stateful=False: rules only, no
+    connection tracking accepts return traffic."""
+
+    id: str
+    rules: tuple[RuleSpec, ...] = ()
+    stateful: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rules", tuple(self.rules))
+
+
 @dataclass(frozen=True, slots=True)
 class PortSpec:
+    """allowed_address_pairs: (IP address or CIDR, MAC) pairs the port may also send
+    from (an empty MAC means the port's own)."""
+
     id: str
     network_id: str
     mac: str
     admin_state_up: bool
     mtu: int
     fixed_ips: tuple[str, ...] = ()
+    security_group_ids: tuple[str, ...] = ()
+    port_security_enabled: bool = True
+    allowed_address_pairs: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mac", normalize_mac(self.mac))
         object.__setattr__(self, "fixed_ips", tuple(self.fixed_ips))
+        object.__setattr__(self, "security_group_ids", tuple(self.security_group_ids))
+        object.__setattr__(
+            self,
+            "allowed_address_pairs",
+            tuple(
+                (str(ip), normalize_mac(mac) if mac else self.mac)
+                for ip, mac in self.allowed_address_pairs
+            ),
+        )
 
     @property
     def device_name(self) -> str:
@@ -133,6 +189,10 @@ class HostState:
     ports: port id -> spec (ports bound to this host).
     remote_vteps: network id -> remote tunnel IP -> MACs of that network's ports behind
         it (l2population). A remote VTEP with no MACs still gets a flood entry.
+    security_groups: group id -> spec, for every group a port here uses (and every
+        group their rules name as remote group, if known).
+    sg_members: group id -> IP addresses (or CIDRs of allowed address pairs) of all the
+        ports in that group, on any host; needed for every remote group named by a rule.
     """
 
     networks: Mapping[str, NetworkSpec] = field(default_factory=lambda: FrozenDict())
@@ -140,11 +200,22 @@ class HostState:
     remote_vteps: Mapping[str, Mapping[str, frozenset[str]]] = field(
         default_factory=lambda: FrozenDict()
     )
+    security_groups: Mapping[str, SecurityGroupSpec] = field(default_factory=lambda: FrozenDict())
+    sg_members: Mapping[str, frozenset[str]] = field(default_factory=lambda: FrozenDict())
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "networks", FrozenDict(self.networks))
         object.__setattr__(self, "ports", FrozenDict(self.ports))
         object.__setattr__(self, "remote_vteps", _freeze_vteps(self.remote_vteps))
+        object.__setattr__(self, "security_groups", FrozenDict(self.security_groups))
+        object.__setattr__(
+            self,
+            "sg_members",
+            FrozenDict((k, frozenset(v)) for k, v in self.sg_members.items()),
+        )
+        for key, group in self.security_groups.items():
+            if key != group.id:
+                raise ValueError(f"security_groups[{key!r}] holds group {group.id!r}")
         for key, net in self.networks.items():
             if key != net.id:
                 raise ValueError(f"networks[{key!r}] holds network {net.id!r}")
@@ -158,12 +229,16 @@ class HostState:
         networks: Iterable[NetworkSpec] = (),
         ports: Iterable[PortSpec] = (),
         remote_vteps: Mapping[str, Mapping[str, Iterable[str]]] | None = None,
+        security_groups: Iterable[SecurityGroupSpec] = (),
+        sg_members: Mapping[str, Iterable[str]] | None = None,
     ) -> HostState:
         """Convenience constructor from iterables of specs."""
         return cls(
             networks={n.id: n for n in networks},
             ports={p.id: p for p in ports},
             remote_vteps=_freeze_vteps(remote_vteps or {}),
+            security_groups={g.id: g for g in security_groups},
+            sg_members={k: frozenset(v) for k, v in (sg_members or {}).items()},
         )
 
 

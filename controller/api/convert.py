@@ -24,7 +24,11 @@ _PAIR_TYPES = {
     "baryon.v1.HostRoute": ("destination", "nexthop"),
     "baryon.v1.AllowedAddressPair": ("ip_address", "mac_address"),
     "baryon.v1.FixedIP": ("subnet_id", "ip_address"),
+    "baryon.v1.Route": ("destination", "nexthop"),
+    "baryon.v1.ExternalFixedIP": ("subnet_id", "ip_address"),
 }
+# Message types the domain sees as a dict of their set fields ({} when unset).
+_DICT_TYPES = frozenset({"baryon.v1.ExternalGatewayInfo"})
 _LIST_WRAPPERS = {
     "baryon.v1.FixedIPList": "ips",
     "baryon.v1.SecurityGroupIdList": "ids",
@@ -43,6 +47,8 @@ def _to_domain(fd: Any, value: Any) -> Any:
         if _is_repeated(fd):
             return [(getattr(v, a), getattr(v, b)) for v in value]
         return (getattr(value, a), getattr(value, b))
+    if name in _DICT_TYPES:
+        return {f.name: _to_domain(f, v) for f, v in value.ListFields()}
     if name in _LIST_WRAPPERS:
         inner = getattr(value, _LIST_WRAPPERS[name])
         return _to_domain(value.DESCRIPTOR.fields_by_name[_LIST_WRAPPERS[name]], inner)
@@ -76,22 +82,58 @@ def update_attrs(msg: Message, mask: FieldMask, kind: str) -> dict[str, Any]:
     return out
 
 
-def to_proto(obj: Resource, cls: type[Message], **extra: Any) -> Message:
-    """A domain object as its API message; `extra` fills derived read-only fields."""
-    msg = cls()
+# How to_proto sets each field: a plain scalar (set as is unless None), a repeated
+# scalar (extended unless None), or anything else through _set.
+_GENERIC, _PLAIN, _PLAIN_LIST = 0, 1, 2
+# (domain class, message class) -> [(field name, descriptor, how)] of the fields both
+# have, in dataclass order: every response is built with it (100 per list page).
+_PLANS: dict[tuple[type, type], list[tuple[str, Any, int]]] = {}
+
+
+def _plan(kind: type, cls: type[Message]) -> list[tuple[str, Any, int]]:
     fields = cls.DESCRIPTOR.fields_by_name
-    for f in dataclasses.fields(obj):
+    plan = []
+    for f in dataclasses.fields(kind):
         fd = fields.get(f.name)
         if fd is None:
             continue
-        value = getattr(obj, f.name)
-        _set(msg, fd, value)
-    for name, value in extra.items():
-        _set(msg, fields[name], value)
+        how = _GENERIC
+        # Exactly the scalar cases of _set that need no check beyond None.
+        if f.name not in _TIMESTAMPS and fd.message_type is None:
+            if _is_repeated(fd):
+                how = _PLAIN_LIST
+            elif not (fd.has_presence and f.name.startswith("provider_")):
+                how = _PLAIN
+        plan.append((f.name, fd, how))
+    return plan
+
+
+def to_proto(obj: Resource, cls: type[Message], **extra: Any) -> Message:
+    """A domain object as its API message; `extra` fills derived read-only fields."""
+    msg = cls()
+    key = (type(obj), cls)
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = _PLANS[key] = _plan(type(obj), cls)
+    for name, fd, how in plan:
+        value = getattr(obj, name)
+        if how == _PLAIN:
+            if value is not None:
+                setattr(msg, name, value)
+        elif how == _PLAIN_LIST:
+            if value is not None:
+                getattr(msg, name).extend(value)
+        else:
+            _set(msg, fd, value)
+    if extra:
+        fields = cls.DESCRIPTOR.fields_by_name
+        for name, value in extra.items():
+            _set(msg, fields[name], value)
     return msg
 
 
 def _set(msg: Message, fd: Any, value: Any) -> None:
+    # to_proto's _plan short-cuts the plain scalar cases below: keep the two in step.
     name = fd.name
     if name in _TIMESTAMPS:
         getattr(msg, name).FromNanoseconds(int(value * 1e9))

@@ -13,10 +13,14 @@ from google.protobuf import empty_pb2
 from google.protobuf.message import Message
 
 from baryon.v1 import (
+    floating_ip_pb2,
+    floating_ip_pb2_grpc,
     network_pb2,
     network_pb2_grpc,
     port_pb2,
     port_pb2_grpc,
+    router_pb2,
+    router_pb2_grpc,
     security_group_pb2,
     security_group_pb2_grpc,
     subnet_pb2,
@@ -26,10 +30,12 @@ from controller.api import convert
 from controller.api.status import abort
 from controller.auth import Context, TokenTable
 from controller.errors import BaryonError
-from controller.model import Network, SecurityGroup, SecurityGroupRule
+from controller.model import Network, Router, SecurityGroup, SecurityGroupRule
 from controller.services.base import ListQuery
+from controller.services.floating_ips import FloatingIPService
 from controller.services.networks import NetworkService
 from controller.services.ports import PortService
+from controller.services.routers import InterfaceInfo, RouterService
 from controller.services.security_groups import SecurityGroupService
 from controller.services.subnets import SubnetService
 
@@ -140,6 +146,8 @@ class Api:
         subnets: SubnetService,
         ports: PortService,
         sgs: SecurityGroupService,
+        routers: RouterService | None = None,
+        fips: FloatingIPService | None = None,
     ) -> None:
         self.tokens = tokens
         self.store = networks.store
@@ -154,6 +162,23 @@ class Api:
 
         def rule_pb(r: SecurityGroupRule) -> Message:
             return convert.to_proto(r, security_group_pb2.SecurityGroupRule)
+
+        self.routers = routers or RouterService(self.store, networks.cfg, ports)
+        self.fips = fips or FloatingIPService(self.store, networks.cfg, ports)
+
+        def router_pb(r: Router) -> Message:
+            extra: dict[str, Any] = {}
+            if r.gw_network_id:
+                gw_port = self.routers.gateway_port(r)
+                extra["external_gateway_info"] = router_pb2.ExternalGatewayInfo(
+                    network_id=r.gw_network_id,
+                    enable_snat=r.enable_snat,
+                    external_fixed_ips=[
+                        router_pb2.ExternalFixedIP(subnet_id=s, ip_address=ip)
+                        for s, ip in (gw_port.fixed_ips if gw_port else ())
+                    ],
+                )
+            return convert.to_proto(r, router_pb2.Router, **extra)
 
         self.resources = {
             "network": ResourceApi(
@@ -208,12 +233,60 @@ class Api:
                 update=None,
                 delete="delete_rule",
             ),
+            "router": ResourceApi(
+                "Router",
+                "router",
+                "routers",
+                router_pb2.Router,
+                router_pb2.ListRoutersResponse,
+                router_pb,
+                self.routers,
+            ),
+            "floating_ip": ResourceApi(
+                "FloatingIP",
+                "floating_ip",
+                "floating_ips",
+                floating_ip_pb2.FloatingIP,
+                floating_ip_pb2.ListFloatingIPsResponse,
+                lambda f: convert.to_proto(f, floating_ip_pb2.FloatingIP),
+                self.fips,
+            ),
         }
+        self.extra_handlers: dict[str, dict[str, Handler]] = {
+            "router": self._interface_handlers(),
+        }
+
+    def _interface_handlers(self) -> dict[str, Handler]:
+        routers = self.routers
+
+        def info_pb(info: InterfaceInfo) -> Message:
+            return router_pb2.RouterInterfaceInfo(
+                id=info.router_id,
+                router_id=info.router_id,
+                project_id=info.project_id,
+                network_id=info.network_id,
+                subnet_id=info.subnet_ids[0] if info.subnet_ids else "",
+                subnet_ids=info.subnet_ids,
+                port_id=info.port_id,
+            )
+
+        async def add(ctx: Context, req: Any) -> Message:
+            return info_pb(
+                await routers.add_interface(ctx, req.router_id, req.subnet_id, req.port_id)
+            )
+
+        async def remove(ctx: Context, req: Any) -> Message:
+            return info_pb(
+                await routers.remove_interface(ctx, req.router_id, req.subnet_id, req.port_id)
+            )
+
+        return {"AddRouterInterface": add, "RemoveRouterInterface": remove}
 
     def servicer(self, base: type, *resources: str) -> Any:
         methods: dict[str, Any] = {}
         for r in resources:
-            for name, handler in self.resources[r].handlers().items():
+            handlers = {**self.resources[r].handlers(), **self.extra_handlers.get(r, {})}
+            for name, handler in handlers.items():
                 handler.__name__ = name
                 methods[name] = guarded(self.tokens, handler)
         return type(base.__name__.replace("Servicer", "Impl"), (base,), methods)()
@@ -230,6 +303,8 @@ class Api:
                 ("security_group", "security_group_rule"),
                 security_group_pb2,
             ),
+            (router_pb2_grpc, "RouterService", ("router",), router_pb2),
+            (floating_ip_pb2_grpc, "FloatingIPService", ("floating_ip",), floating_ip_pb2),
         ]
         names = []
         for mod, svc, resources, pb in pairs:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import base64
+import heapq
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
 from controller.auth import Context
@@ -22,6 +24,7 @@ MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
 COMMON_WRITABLE = frozenset({"name", "description", "tags"})
 READ_ONLY_COMMON = frozenset({"id", "revision_number", "created_at", "updated_at", "project_id"})
+_by_id = attrgetter("id")
 
 
 @dataclass
@@ -132,24 +135,32 @@ class Service:
         after = decode_page_token(q.page_token)
         equals = [(k, v) for k, v in q.equals.items() if v not in ("", None)]
         tags, tags_any = set(q.tags), set(q.tags_any)
+        visible, predicates = self.visible, q.predicates
         matches: list[R] = []
+        # Hot with thousands of objects: plain loops, no generator per object.
         for obj in objs:
             if after and obj.id <= after:
                 continue
-            if not self.visible(ctx, obj):
+            if not visible(ctx, obj):
                 continue
-            if any(getattr(obj, k) != v for k, v in equals):
-                continue
-            if tags and not tags.issubset(obj.tags):
-                continue
-            if tags_any and tags_any.isdisjoint(obj.tags):
-                continue
-            if any(not p(obj) for p in q.predicates):
-                continue
-            matches.append(obj)
-        matches.sort(key=lambda o: o.id)
-        page = matches[:size]
-        token = encode_page_token(page[-1].id) if len(matches) > size else ""
+            for k, v in equals:
+                if getattr(obj, k) != v:
+                    break
+            else:
+                if tags and not tags.issubset(obj.tags):
+                    continue
+                if tags_any and tags_any.isdisjoint(obj.tags):
+                    continue
+                for p in predicates:
+                    if not p(obj):
+                        break
+                else:
+                    matches.append(obj)
+        # Only the page and whether more follow matter: the size + 1 smallest ids
+        # (heapq.nsmallest equals sorted(...)[: size + 1], without sorting everything).
+        first = heapq.nsmallest(size + 1, matches, key=_by_id)
+        page = first[:size]
+        token = encode_page_token(page[-1].id) if len(first) > size else ""
         return page, token
 
 

@@ -10,6 +10,7 @@ from controller.config import Config
 from controller.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from controller.indexes import AUTO_DELETE_OWNERS
 from controller.model import Network, Port, Subnet
+from controller.services import l3
 from controller.services.base import (
     ListQuery,
     Service,
@@ -150,6 +151,8 @@ class NetworkService(Service):
             old = self.find(ctx, Network, id_)
             self._require_owner(ctx, old)
             check_revision(old, if_revision)
+            if old.external and attrs.get("external") is False:
+                l3.check_external_unused(self.cache, txn, old)  # ExternalNetworkInUse
             if "mtu" in attrs:
                 driver = self.type_drivers[old.provider_network_type]
                 self._check_mtu(attrs["mtu"], driver.mtu(old.provider_physical_network))

@@ -16,6 +16,7 @@ from controller.errors import (
     ResourceExhausted,
 )
 from controller.model import Network, Pair, Port, SecurityGroup, Subnet
+from controller.services import binding, l3
 from controller.services.base import (
     ListQuery,
     Service,
@@ -102,7 +103,7 @@ class PortService(Service):
                 self._require_network_owner_fields(attrs)
             common = self.common(ctx, attrs, "port")
             project = common["project_id"]
-            self.check_quota(txn, project, "port")
+            common["quota_slot"] = self.quota_slot(txn, project, "port")
             port_security = attrs.get("port_security_enabled", net.port_security_enabled)
             sgs = self._security_groups(ctx, txn, attrs, project, port_security)
             self._check_port_security(port_security, sgs, attrs.get("allowed_address_pairs"))
@@ -120,9 +121,9 @@ class PortService(Service):
                 device_owner=attrs.get("device_owner", ""),
                 security_groups=sgs,
                 port_security_enabled=port_security,
-                allowed_address_pairs=list(attrs.get("allowed_address_pairs", [])),
+                allowed_address_pairs=_pairs(attrs.get("allowed_address_pairs", []), mac),
                 binding_host_id=attrs.get("binding_host_id", ""),
-                binding_vif_type="binding_failed" if attrs.get("binding_host_id") else "unbound",
+                **binding.port_fields(self.cache, net, attrs.get("binding_host_id", "")),
                 binding_vnic_type=attrs.get("binding_vnic_type") or "normal",
                 binding_profile=dict(attrs.get("binding_profile", {})),
             )
@@ -202,10 +203,14 @@ class PortService(Service):
             if not port_security or (attrs.get("device_owner") or "").startswith("network:"):
                 return []
             sg = self.sgs.default_group(txn, project)
+            if self.cache.get(SecurityGroup, sg.id) is not None:
+                txn.depends_on(sg)
             return [sg.id]
         ids: list[str] = list(dict.fromkeys(attrs["security_groups"]))
         for i, sg_id in enumerate(ids):
-            sg = self.find(ctx, SecurityGroup, sg_id, f"port.security_groups[{i}]")
+            sg = self.find(
+                ctx, SecurityGroup, sg_id, f"port.security_groups[{i}]", self.sgs.visible
+            )
             txn.depends_on(sg)
         return ids
 
@@ -477,6 +482,10 @@ class PortService(Service):
                 changes["security_groups"] = self._security_groups(
                     ctx, txn, attrs, old.project_id, True
                 )
+            if "allowed_address_pairs" in attrs:
+                changes["allowed_address_pairs"] = _pairs(
+                    attrs["allowed_address_pairs"], changes.get("mac_address", old.mac_address)
+                )
             port_security = changes.get("port_security_enabled", old.port_security_enabled)
             self._check_port_security(
                 port_security,
@@ -485,10 +494,7 @@ class PortService(Service):
                 updating=True,
             )
             if "binding_host_id" in attrs:
-                changes["binding_vif_type"] = (
-                    "binding_failed" if attrs["binding_host_id"] else "unbound"
-                )
-                changes["binding_vif_details"] = {}
+                changes.update(binding.port_fields(self.cache, net, attrs["binding_host_id"]))
                 changes["status"] = "DOWN"
             new = bump(old, changes)
             txn.update(old, new)
@@ -501,6 +507,7 @@ class PortService(Service):
         def build(txn: Txn) -> None:
             port = self.find(ctx, Port, id_)
             check_revision(port, if_revision)
+            l3.on_port_delete(self.cache, txn, port)  # ServicePortInUse; clears floating IPs
             txn.delete(port)
 
         await self.store.commit(build)
@@ -523,3 +530,8 @@ def _is_ip_or_cidr(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _pairs(pairs: list[Pair], port_mac: str) -> list[Pair]:
+    """Neutron stores an address pair given without a MAC with the port's own MAC."""
+    return [(ip, (mac or port_mac).lower()) for ip, mac in pairs]

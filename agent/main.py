@@ -1,0 +1,365 @@
+"""``baryon agent``: the node agent.
+
+It connects to a controller (the first of ``--controller`` that answers; on failure the
+next, with backoff), says Hello, and keeps a local copy of the host's desired state
+from the Snapshot and Deltas the controller streams. A converge loop hands that state
+to the mechanism driver whenever it changes (and every ``--poll-interval`` seconds, to
+pick up devices plugged in since), acknowledges the revision it applied and reports
+the port statuses that changed. Stale devices are only removed once a full snapshot
+has been received, so a restarted agent never interrupts traffic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib.metadata
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+
+from agent.firewall import FIREWALLS, NftablesFirewall
+from agent.state import DesiredState
+from baryon.v1 import agent_pb2, agent_pb2_grpc
+from drivers.base import ApplyError, MechanismDriver
+from drivers.linuxbridge import LinuxBridgeDriver
+from drivers.model import PortStatus
+
+log = logging.getLogger("baryon.agent")
+
+MECHANISMS = ("linuxbridge", "openvswitch")
+AGENT_TYPES = {"linuxbridge": "Linux bridge agent", "openvswitch": "Open vSwitch agent"}
+SERVICES = ("l2", "dhcp", "l3")
+IMPLEMENTED_SERVICES = frozenset({"l2"})
+# See the platform notes: ping_timeout decides when a dead peer is dropped; pings must
+# not stop on an idle stream; the server accepts pings every 5 s.
+CHANNEL_OPTIONS = [
+    ("grpc.keepalive_time_ms", 6_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.http2.ping_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    # Reconnect quickly: our own loop does the backoff.
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2_000),
+]
+FATAL_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.INVALID_ARGUMENT,
+    }
+)
+Driver = MechanismDriver[Any]
+BACKOFF_START = 0.2
+BACKOFF_MAX = 5.0
+
+
+class FatalError(Exception):
+    """Retrying cannot help (bad token, rejected hello)."""
+
+
+class UsageError(Exception):
+    """The command line asks for something this agent cannot do."""
+
+
+def _mappings(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        physnet, sep, dev = item.partition(":")
+        if not sep or not physnet or not dev:
+            raise argparse.ArgumentTypeError(f"expected PHYSNET:DEVICE, got {item!r}")
+        out[physnet] = dev
+    return out
+
+
+def _services(text: str) -> list[str]:
+    items = [s.strip() for s in text.split(",") if s.strip()]
+    for s in items:
+        if s not in SERVICES:
+            raise argparse.ArgumentTypeError(f"unknown service {s!r} ({', '.join(SERVICES)})")
+    return items
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="baryon agent", description=__doc__.split("\n\n")[0])
+    p.add_argument("--controller", required=True, help="ADDR[,ADDR...] of controllers")
+    p.add_argument("--host", required=True, help="this host's name (ports bind to it)")
+    p.add_argument("--mechanism", choices=MECHANISMS, default="linuxbridge")
+    p.add_argument("--token", required=True, help="a token with the agent (or admin) role")
+    p.add_argument("--tunnel-ip", default=None, help="local VTEP address (enables VXLAN)")
+    p.add_argument(
+        "--physical-interface-mappings",
+        type=_mappings,
+        default={},
+        metavar="PHYSNET:DEV[,...]",
+        help="linuxbridge: physical network -> NIC; openvswitch: -> OVS bridge",
+    )
+    p.add_argument("--services", type=_services, default=["l2"], metavar="l2[,dhcp,l3]")
+    p.add_argument("--netns", default=None, help="the namespace this agent manages as its host")
+    p.add_argument("--ovsdb", default=None, help="unix:/abs/db.sock (openvswitch)")
+    p.add_argument(
+        "--firewall",
+        choices=FIREWALLS,
+        default="none",
+        help="security groups: nftables (linuxbridge only) or none (default)",
+    )
+    p.add_argument("--poll-interval", type=float, default=1.0, metavar="SECONDS")
+    p.add_argument("--log-level", default="INFO")
+    return p.parse_args(list(argv))
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("baryon")
+    except importlib.metadata.PackageNotFoundError:
+        return "0"
+
+
+class NodeAgent:
+    def __init__(
+        self, args: argparse.Namespace, driver: Driver, firewall: NftablesFirewall | None = None
+    ) -> None:
+        self.args = args
+        self.driver = driver
+        self.firewall = firewall
+        self.addresses = [a.strip() for a in args.controller.split(",") if a.strip()]
+        self.state = DesiredState()
+        self.dirty = asyncio.Event()
+        self.call: Any = None  # the live Connect call, once Hello is sent
+        self.acked = 0
+        self.reported: dict[str, tuple[str, str]] = {}
+        self.services = [s for s in args.services if s in IMPLEMENTED_SERVICES]
+        self.received = False  # whether the current session got anything yet
+
+    def hello(self) -> agent_pb2.AgentMessage:
+        return agent_pb2.AgentMessage(
+            hello=agent_pb2.Hello(
+                host=self.args.host,
+                agent_type=AGENT_TYPES[self.args.mechanism],
+                mechanism=self.args.mechanism,
+                supported_network_types=sorted(self.driver.supported_network_types()),
+                physical_network_mappings=self.args.physical_interface_mappings,
+                tunnel_ip=self.args.tunnel_ip or "",
+                last_revision=self.state.revision if self.state.complete else 0,
+                version=_version(),
+                services=self.services,
+            )
+        )
+
+    async def run(self) -> None:
+        converge = asyncio.create_task(self.converge_loop())
+        try:
+            await self.connect_loop()
+        finally:
+            converge.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await converge
+
+    # -- controller connection
+    async def connect_loop(self) -> None:
+        """Stay connected: after any session ends, try the next address (a controller
+        that just failed is the least likely to answer), with backoff while none does."""
+        backoff = BACKOFF_START
+        index = 0
+        while True:
+            address = self.addresses[index % len(self.addresses)]
+            self.received = False
+            try:
+                await self.session(address)
+                log.warning("controller %s closed the stream", address)
+            except grpc.aio.AioRpcError as err:
+                if err.code() in FATAL_CODES:
+                    raise FatalError(f"{err.code().name}: {err.details()}") from None
+                log.warning("controller %s: %s: %s", address, err.code().name, err.details())
+            index += 1
+            if self.received:
+                backoff = BACKOFF_START  # it worked for a while: come back quickly
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX)
+
+    async def session(self, address: str) -> None:
+        """One Connect stream, until it ends."""
+        async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+            stub = agent_pb2_grpc.AgentServiceStub(channel)
+            call = stub.Connect(metadata=(("authorization", f"Bearer {self.args.token}"),))
+            try:
+                try:
+                    await call.write(self.hello())
+                except grpc.aio.AioRpcError:
+                    # The write fails when the server ended the call first (rejected
+                    # us); its status says why.
+                    code = await call.code()
+                    if code in FATAL_CODES:
+                        raise FatalError(f"{code.name}: {await call.details()}") from None
+                    raise
+                self.acked = 0
+                self.reported.clear()
+                self.call = call
+                log.info("connected to %s (had revision %d)", address, self.state.revision)
+                while True:
+                    msg = await call.read()
+                    if msg is grpc.aio.EOF:
+                        return
+                    self.received = True
+                    assert isinstance(msg, agent_pb2.ControllerMessage)
+                    self.apply(msg)
+            finally:
+                self.call = None
+                call.cancel()
+
+    def apply(self, msg: agent_pb2.ControllerMessage) -> None:
+        kind = msg.WhichOneof("kind")
+        if kind == "snapshot":
+            self.state.apply_snapshot(msg.snapshot)
+            log.info(
+                "snapshot at revision %d: %d networks, %d ports",
+                msg.snapshot.revision,
+                len(self.state.networks),
+                len(self.state.ports),
+            )
+        elif kind == "delta":
+            self.state.apply_delta(msg.delta)
+            log.debug("delta at revision %d", msg.delta.revision)
+        elif kind == "resync":
+            log.warning("controller resyncs this agent: %s", msg.resync.reason)
+            return
+        self.dirty.set()
+
+    async def send(self, msg: agent_pb2.AgentMessage) -> None:
+        call = self.call
+        if call is None:
+            return
+        try:
+            await call.write(msg)
+        except (grpc.aio.AioRpcError, grpc.aio.UsageError, RuntimeError) as err:
+            log.debug("send failed (stream closing): %r", err)
+
+    # -- converge
+    async def converge_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.dirty.wait(), self.args.poll_interval)
+            self.dirty.clear()
+            if not self.state.complete:
+                continue  # nothing is known yet: touch nothing
+            try:
+                await self.converge()
+            except Exception:
+                # Never let the loop die: the next round (at most poll_interval away)
+                # starts again from what the host looks like then.
+                log.exception("converge failed")
+
+    async def converge(self) -> None:
+        desired = self.state.host_state()
+        revision = self.state.revision
+        if self.firewall is not None:
+            await self.firewall.before_l2(desired)
+        try:
+            statuses = await self.driver.sync(desired, remove_stale=True)
+        except ApplyError as err:
+            log.warning("%s", err)
+            statuses = err.statuses
+        if self.firewall is not None:
+            await self.firewall.after_l2(desired)
+        await self.report(revision, statuses)
+
+    async def report(self, revision: int, statuses: list[PortStatus]) -> None:
+        if self.call is None:
+            return
+        current = {s.port_id for s in statuses}
+        for gone in self.reported.keys() - current:
+            del self.reported[gone]  # left this host: report afresh if it comes back
+        changed = [
+            agent_pb2.PortStatus(port_id=s.port_id, status=s.status, reason=s.reason)
+            for s in statuses
+            if self.reported.get(s.port_id) != (s.status, s.reason)
+        ]
+        if changed:
+            await self.send(
+                agent_pb2.AgentMessage(port_status=agent_pb2.PortStatusReport(statuses=changed))
+            )
+            for s in statuses:
+                self.reported[s.port_id] = (s.status, s.reason)
+        if revision != self.acked:
+            await self.send(agent_pb2.AgentMessage(ack=agent_pb2.Ack(revision=revision)))
+            self.acked = revision
+
+
+def make_driver(args: argparse.Namespace) -> Driver:
+    """The mechanism driver for --mechanism; raises UsageError when it cannot be made."""
+    if args.mechanism == "linuxbridge":
+        return LinuxBridgeDriver(
+            netns=args.netns,
+            physical_interface_mappings=args.physical_interface_mappings,
+            tunnel_ip=args.tunnel_ip,
+        )
+    try:
+        from drivers.ovs import OvsDriver
+    except ImportError as err:
+        raise UsageError(f"the openvswitch mechanism is not implemented yet ({err})") from None
+    if not args.ovsdb:
+        raise UsageError("--mechanism openvswitch needs --ovsdb unix:/abs/db.sock")
+    driver: Driver = OvsDriver(
+        netns=args.netns,
+        ovsdb=args.ovsdb,
+        bridge_mappings=args.physical_interface_mappings,
+        tunnel_ip=args.tunnel_ip,
+    )
+    return driver
+
+
+async def run(args: argparse.Namespace) -> int:
+    for s in args.services:
+        if s not in IMPLEMENTED_SERVICES:
+            log.warning("service %s is not implemented yet; running without it", s)
+    try:
+        driver = make_driver(args)
+        if args.firewall == "nftables" and args.mechanism != "linuxbridge":
+            raise UsageError("--firewall nftables works with the linuxbridge mechanism only")
+    except UsageError as err:
+        print(f"baryon agent: {err}", file=sys.stderr)
+        return 2
+    await driver.start()
+    firewall = NftablesFirewall(args.netns) if args.firewall == "nftables" else None
+    if firewall is not None:
+        await firewall.start()
+    agent = NodeAgent(args, driver, firewall)
+    task = asyncio.create_task(agent.run())
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        await task
+    except asyncio.CancelledError:
+        log.info("stopping (the dataplane is left as it is)")
+    except FatalError as err:
+        print(f"baryon agent: {err}", file=sys.stderr)
+        return 1
+    finally:
+        if firewall is not None:
+            await firewall.close()
+        await driver.close()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return asyncio.run(run(args))
+    except (ValueError, OSError) as e:
+        print(f"baryon agent: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Node agents: registry and liveness, desired host state, and the Connect stream."""

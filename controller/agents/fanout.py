@@ -1,0 +1,308 @@
+"""Fan-out of the store's one watch to every connected agent stream.
+
+The store calls ``Fanout.on_change`` synchronously for every batch of changes. For
+each batch the fan-out works out which networks, ports and hosts it touches (status
+only changes touch nothing), recomputes the view of every connected host that may be
+affected, and queues the difference from what that stream was last sent. Queues are
+bounded: a stream whose queue is full is marked for resync (its queue is emptied and
+its writer sends Resync then a fresh Snapshot), so one slow agent never holds up the
+others or the store.
+
+A bounded ring remembers which networks and ports every recent revision touched, so
+an agent reconnecting with ``last_revision`` R gets a catch-up Delta when the ring
+covers everything after R, and a Snapshot otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+
+from baryon.v1 import agent_pb2
+from controller.agents import hoststate
+from controller.agents.hoststate import View
+from controller.model import Agent, Network, Port, Resource, SecurityGroupRule
+from controller.services.binding import BOUND_VIF_TYPES, is_alive
+from controller.store import Store
+
+log = logging.getLogger(__name__)
+
+# Sentinel in a stream's queue: the stream overflowed; send Resync + Snapshot.
+RESYNC = None
+QueueItem = agent_pb2.ControllerMessage | None
+PortRef = tuple[str, str, str]  # (port id, host, network id)
+
+
+@dataclass(frozen=True, slots=True)
+class _PortInfo:
+    """What of a port matters to hosts (a change to anything else touches nothing)."""
+
+    network_id: str
+    host: str
+    bound: bool
+    groups: tuple[str, ...]
+    spec: tuple[object, ...]
+
+
+def _port_info(port: Port) -> _PortInfo:
+    return _PortInfo(
+        port.network_id,
+        port.binding_host_id,
+        port.binding_vif_type in BOUND_VIF_TYPES,
+        tuple(port.security_groups),
+        (
+            port.mac_address,
+            port.admin_state_up,
+            port.port_security_enabled,
+            tuple(port.fixed_ips),
+            tuple(port.allowed_address_pairs),
+        ),
+    )
+
+
+def _net_info(net: Network) -> tuple[object, ...]:
+    return (hoststate.network_pb(net).SerializeToString(), net.admin_state_up)
+
+
+@dataclass(eq=False)
+class Stream:
+    host: str
+    queue: asyncio.Queue[QueueItem]
+    sent: View = field(default_factory=View)
+    overflowed: bool = False
+    resyncs: int = 0
+
+
+class Fanout:
+    def __init__(self, store: Store, *, queue_size: int = 256, ring_size: int = 4096) -> None:
+        self.store = store
+        self.queue_size = queue_size
+        self.ring_size = ring_size
+        self.streams: set[Stream] = set()
+        # (revision, networks touched, (port id, host, network id) of ports touched)
+        self.ring: deque[tuple[int, frozenset[str], frozenset[PortRef]]] = deque()
+        self.floor = 0
+        self._ports: dict[str, _PortInfo] = {}
+        self._nets: dict[str, tuple[object, ...]] = {}
+        self._tunnels: dict[str, str] = {}
+        self._rule_groups: dict[str, str] = {}  # rule id -> its group
+        self._agent_host: dict[str, str] = {}  # agent id -> host
+        self._host_agents: dict[str, set[str]] = {}  # host -> agent ids
+        self._started = False
+
+    def start(self) -> None:
+        self._reset(self.store.cache.revision)
+        self.store.listeners.append(self.on_change)
+        self._started = True
+
+    def stop(self) -> None:
+        if self.on_change in self.store.listeners:
+            self.store.listeners.remove(self.on_change)
+
+    def _reset(self, revision: int) -> None:
+        cache = self.store.cache
+        self._ports = {p.id: _port_info(p) for p in cache.all(Port)}
+        self._nets = {n.id: _net_info(n) for n in cache.all(Network)}
+        self._tunnels = {}
+        self._agent_host = {}
+        self._host_agents = {}
+        self._update_tunnels({a.id for a in cache.all(Agent)})
+        self._rule_groups = {r.id: r.security_group_id for r in cache.all(SecurityGroupRule)}
+        self.ring.clear()
+        self.floor = revision
+
+    # -- streams
+    def attach(self, host: str, last_revision: int) -> tuple[Stream, str]:
+        """Register a stream for `host`; its queue starts with a Snapshot or catch-up
+        Delta (returned kind: "snapshot" or "delta"). Synchronous: no change can slip
+        in between computing the first message and registering the stream."""
+        cache = self.store.cache
+        view = hoststate.compute(cache, host, self._tunnels)
+        stream = Stream(host, asyncio.Queue(self.queue_size))
+        revision = cache.revision
+        if 0 < last_revision and self.floor <= last_revision <= revision:
+            nets: set[str] = set()
+            host_ports: set[str] = set()
+            host_nets: set[str] = set()
+            for rev, n, refs in self.ring:
+                if rev > last_revision:
+                    nets |= n
+                    for port_id, port_host, net_id in refs:
+                        if port_host == host:
+                            host_ports.add(port_id)
+                            host_nets.add(net_id)
+            msg = agent_pb2.ControllerMessage(
+                delta=hoststate.catch_up(view, revision, nets, host_ports, host_nets)
+            )
+            kind = "delta"
+        else:
+            msg = self.snapshot_message(view, revision)
+            kind = "snapshot"
+        stream.sent = view
+        stream.queue.put_nowait(msg)
+        self.streams.add(stream)
+        return stream, kind
+
+    def detach(self, stream: Stream) -> None:
+        self.streams.discard(stream)
+
+    def snapshot_message(self, view: View, revision: int) -> agent_pb2.ControllerMessage:
+        return agent_pb2.ControllerMessage(
+            snapshot=agent_pb2.Snapshot(revision=revision, state=view.to_proto())
+        )
+
+    def resync(self, stream: Stream) -> list[agent_pb2.ControllerMessage]:
+        """For the writer of an overflowed stream: Resync + Snapshot, state reset."""
+        view = hoststate.compute(self.store.cache, stream.host, self._tunnels)
+        stream.sent = view
+        stream.overflowed = False
+        stream.resyncs += 1
+        reason = f"more than {self.queue_size} updates queued for this agent"
+        return [
+            agent_pb2.ControllerMessage(resync=agent_pb2.Resync(reason=reason)),
+            self.snapshot_message(view, self.store.cache.revision),
+        ]
+
+    # -- the store listener
+    def on_change(self, revision: int, changes: list[tuple[str, str, Resource | None]]) -> None:
+        try:
+            self._on_change(revision, changes)
+        except Exception:
+            log.exception("agent fan-out failed at revision %d", revision)
+
+    def _on_change(self, revision: int, changes: list[tuple[str, str, Resource | None]]) -> None:
+        if not changes:
+            # The store reloaded its cache (compaction): changes may have been lost.
+            self._reset(revision)
+            self._push(revision, None, None, None)
+            return
+        nets: set[str] = set()
+        ports: set[PortRef] = set()
+        hosts: set[str] = set()
+        groups: set[str] = set()
+        agents_changed: set[str] = set()
+        for kind, id_, obj in changes:
+            if kind == "port":
+                old = self._ports.get(id_)
+                new = _port_info(obj) if isinstance(obj, Port) else None
+                if old == new:
+                    continue
+                if new is None:
+                    self._ports.pop(id_, None)
+                else:
+                    self._ports[id_] = new
+                for info in (old, new):
+                    if info is not None:
+                        groups.update(info.groups)
+                        nets.add(info.network_id)
+                        if info.host:
+                            hosts.add(info.host)
+                            ports.add((id_, info.host, info.network_id))
+            elif kind == "network":
+                old_n = self._nets.get(id_)
+                new_n = _net_info(obj) if isinstance(obj, Network) else None
+                if old_n == new_n:
+                    continue
+                if new_n is None:
+                    self._nets.pop(id_, None)
+                else:
+                    self._nets[id_] = new_n
+                nets.add(id_)
+            elif kind == "security_group":
+                groups.add(id_)
+            elif kind == "security_group_rule":
+                old_g = self._rule_groups.pop(id_, None)
+                if old_g is not None:
+                    groups.add(old_g)
+                if isinstance(obj, SecurityGroupRule):
+                    self._rule_groups[id_] = obj.security_group_id
+                    groups.add(obj.security_group_id)
+            elif kind in ("agent", "agent_alive"):
+                agents_changed.add(id_)
+        for h in self._update_tunnels(agents_changed):
+            nets.update(i.network_id for i in self._ports.values() if i.host == h)
+        if nets or ports:
+            # (Security groups need no ring entry: catch-up deltas carry them whole.)
+            self.ring.append((revision, frozenset(nets), frozenset(ports)))
+            while len(self.ring) > self.ring_size:
+                self.floor = self.ring.popleft()[0]
+        if nets or ports or groups:
+            self._push(revision, nets, hosts, groups)
+
+    def _index_agent(self, agent_id: str, host: str | None) -> None:
+        old = self._agent_host.pop(agent_id, None)
+        if old is not None:
+            ids = self._host_agents.get(old)
+            if ids is not None:
+                ids.discard(agent_id)
+                if not ids:
+                    del self._host_agents[old]
+        if host is not None:
+            self._agent_host[agent_id] = host
+            self._host_agents.setdefault(host, set()).add(agent_id)
+
+    def _update_tunnels(self, agent_ids: set[str]) -> set[str]:
+        """Refresh the tunnel IPs of the hosts of these agents; the hosts whose changed."""
+        cache = self.store.cache
+        hosts: set[str] = set()
+        for agent_id in agent_ids:
+            old = self._agent_host.get(agent_id)
+            if old is not None:
+                hosts.add(old)
+            agent = cache.get(Agent, agent_id)
+            self._index_agent(agent_id, agent.host if agent is not None else None)
+            if agent is not None:
+                hosts.add(agent.host)
+        moved: set[str] = set()
+        for host in hosts:
+            ip = None
+            for agent_id in sorted(self._host_agents.get(host, ())):
+                agent = cache.get(Agent, agent_id)
+                if agent is not None and agent.tunnel_ip and is_alive(cache, agent):
+                    ip = agent.tunnel_ip
+                    break
+            if self._tunnels.get(host) != ip:
+                moved.add(host)
+                if ip is None:
+                    self._tunnels.pop(host, None)
+                else:
+                    self._tunnels[host] = ip
+        return moved
+
+    def _push(
+        self,
+        revision: int,
+        nets: set[str] | None,
+        hosts: set[str] | None,
+        groups: set[str] | None,
+    ) -> None:
+        """Send every affected stream its delta (None: every stream is affected)."""
+        cache = self.store.cache
+        for stream in list(self.streams):
+            if stream.overflowed:
+                continue
+            if (
+                nets is not None
+                and hosts is not None
+                and groups is not None
+                and stream.host not in hosts
+                and stream.sent.networks.keys().isdisjoint(nets)
+                and stream.sent.sgs.keys().isdisjoint(groups)
+                and stream.sent.members.keys().isdisjoint(groups)
+            ):
+                continue
+            view = hoststate.compute(cache, stream.host, self._tunnels)
+            delta = hoststate.diff(stream.sent, view, revision)
+            stream.sent = view
+            if delta is None:
+                continue
+            try:
+                stream.queue.put_nowait(agent_pb2.ControllerMessage(delta=delta))
+            except asyncio.QueueFull:
+                log.warning("agent on %s is too far behind; it will be resynced", stream.host)
+                stream.overflowed = True
+                while not stream.queue.empty():
+                    stream.queue.get_nowait()
+                stream.queue.put_nowait(RESYNC)

@@ -1,0 +1,229 @@
+"""The change objects an L3 plan is made of: small, frozen, idempotent."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from drivers import nsdev
+from drivers.netlink import delete_link, netns_exists
+
+
+class RouterHost(Protocol):
+    """What changes run against (implemented by the driver)."""
+
+    @property
+    def node_ipr(self) -> Any: ...
+
+    @property
+    def node_netns(self) -> str | None: ...
+
+    async def ipr(self, ns: str) -> Any: ...
+
+    async def nft(self, ns: str, script: str) -> str: ...
+
+    async def forget(self, ns: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class EnsureRouterNamespace:
+    namespace: str
+
+    @property
+    def removes_stale(self) -> bool:
+        return False
+
+    def __str__(self) -> str:
+        return f"ensure namespace {self.namespace} (lo up, ip_forward 1)"
+
+    async def apply(self, host: RouterHost) -> None:
+        await nsdev.ensure_namespace(self.namespace)
+        await nsdev.enable_ip_forwarding(self.namespace)
+
+
+@dataclass(frozen=True, slots=True)
+class EnsureRouterPort:
+    namespace: str
+    port: nsdev.VethPort
+
+    @property
+    def removes_stale(self) -> bool:
+        return False
+
+    def __str__(self) -> str:
+        p = self.port
+        state = "up" if p.up else "down"
+        return (
+            f"ensure {p.inner} (mac {p.mac} mtu {p.mtu} {state}) in {self.namespace}"
+            f" <-> {p.tap} in {p.bridge}"
+        )
+
+    async def apply(self, host: RouterHost) -> None:
+        inner = await host.ipr(self.namespace)
+        await nsdev.ensure_veth_port(
+            host.node_ipr, host.node_netns, inner, self.namespace, self.port
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteRouterPort:
+    """A port the router no longer has: deleting the inner end deletes the tap too."""
+
+    namespace: str
+    device: str
+
+    @property
+    def removes_stale(self) -> bool:
+        return False
+
+    def __str__(self) -> str:
+        return f"delete {self.device} in {self.namespace}"
+
+    async def apply(self, host: RouterHost) -> None:
+        await delete_link(await host.ipr(self.namespace), self.device)
+
+
+@dataclass(frozen=True, slots=True)
+class SetAddresses:
+    namespace: str
+    device: str
+    add: tuple[str, ...]
+    remove: tuple[str, ...]
+
+    @property
+    def removes_stale(self) -> bool:
+        return False
+
+    def __str__(self) -> str:
+        return f"addresses of {self.device} in {self.namespace}: +{self.add} -{self.remove}"
+
+    async def apply(self, host: RouterHost) -> None:
+        await nsdev.set_addresses(
+            await host.ipr(self.namespace), self.device, self.add, self.remove
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AnnounceAddresses:
+    """Gratuitous ARP for addresses just added (a router built anew, on another node
+    after a failover, or a new floating IP): the outside learns where they are now."""
+
+    namespace: str
+    device: str
+    mac: str
+    addresses: tuple[str, ...]
+
+    @property
+    def removes_stale(self) -> bool:
+        return False
+
+    def __str__(self) -> str:
+        return f"gratuitous ARP for {', '.join(self.addresses)} from {self.device}"
+
+    async def apply(self, host: RouterHost) -> None:
+        await nsdev.send_garp(self.namespace, self.device, self.mac, self.addresses)
+
+
+@dataclass(frozen=True, slots=True)
+class SetRoutes:
+    """(destination, next hop) routes to add (replace) and to delete."""
+
+    namespace: str
+    add: tuple[tuple[str, str], ...]
+    remove: tuple[tuple[str, str], ...]
+
+    @property
+    def removes_stale(self) -> bool:
+        return False
+
+    def __str__(self) -> str:
+        return f"routes in {self.namespace}: +{self.add} -{self.remove}"
+
+    async def apply(self, host: RouterHost) -> None:
+        """Every route is tried; the first failure (e.g. a next hop on no connected
+        subnet) is raised after the others are in."""
+        ipr = await host.ipr(self.namespace)
+        errors: list[Exception] = []
+        for dst, via in self.remove:
+            await nsdev.delete_route(ipr, dst, via)
+        for dst, via in self.add:
+            try:
+                await nsdev.replace_route(ipr, dst, via)
+            except Exception as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+
+@dataclass(frozen=True, slots=True)
+class LoadNat:
+    """Replace the router's NAT table in one nft transaction."""
+
+    namespace: str
+    script: str
+    digest: str
+
+    @property
+    def removes_stale(self) -> bool:
+        return False
+
+    def __str__(self) -> str:
+        return f"load NAT table {self.digest} in {self.namespace}"
+
+    async def apply(self, host: RouterHost) -> None:
+        await host.nft(self.namespace, self.script)
+
+
+@dataclass(frozen=True, slots=True)
+class FlushConntrack:
+    """Forget the connections of NAT addresses that went away or now map elsewhere:
+    entries to them (DNAT: orig destination) and from them (SNAT: reply destination)."""
+
+    namespace: str
+    addresses: tuple[str, ...]
+
+    @property
+    def removes_stale(self) -> bool:
+        return False
+
+    def __str__(self) -> str:
+        return f"flush conntrack of {', '.join(self.addresses)} in {self.namespace}"
+
+    async def apply(self, host: RouterHost) -> None:
+        for address in self.addresses:
+            await nsdev.conntrack_delete(self.namespace, "-d", address)
+            await nsdev.conntrack_delete(self.namespace, "-q", address)
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteRouter:
+    """A router this host no longer runs: its namespace, devices (taps included) and
+    connection tracking go at once."""
+
+    namespace: str
+
+    @property
+    def removes_stale(self) -> bool:
+        return True
+
+    def __str__(self) -> str:
+        return f"delete router namespace {self.namespace}"
+
+    async def apply(self, host: RouterHost) -> None:
+        if netns_exists(self.namespace):
+            await nsdev.purge_links(await host.ipr(self.namespace))
+        await host.forget(self.namespace)
+        await nsdev.delete_namespace(self.namespace)
+
+
+L3Change = (
+    EnsureRouterNamespace
+    | EnsureRouterPort
+    | DeleteRouterPort
+    | SetAddresses
+    | AnnounceAddresses
+    | SetRoutes
+    | LoadNat
+    | FlushConntrack
+    | DeleteRouter
+)

@@ -338,17 +338,19 @@ def _garp_frames(mac: str, addresses: Iterable[str]) -> list[bytes]:
     return frames
 
 
-def _send_frames(device: str, frames: list[bytes]) -> None:
+def _send_frames(batches: list[tuple[str, list[bytes]]]) -> None:
     with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
-        s.bind((device, 0))
-        for frame in frames:
-            s.send(frame)
+        for device, frames in batches:
+            for frame in frames:
+                s.sendto(frame, (device, 0))
 
 
-async def send_garp(netns: str, device: str, mac: str, addresses: Iterable[str]) -> None:
-    """Gratuitous ARP for `addresses` from `device` in `netns`: neighbours update their
-    ARP caches and bridges on the way learn where the MAC now is (a router that moved to
-    another node is reachable at once, not after the old entries age out)."""
-    frames = _garp_frames(mac, addresses)
-    if frames:
-        await sysctl.run_in_netns(netns, lambda: _send_frames(device, frames))
+async def send_garp(netns: str, announcements: Iterable[tuple[str, str, Iterable[str]]]) -> None:
+    """Gratuitous ARP for (device, MAC, addresses) in `netns`, from one thread there:
+    neighbours update their ARP caches and bridges on the way learn where the MAC now is
+    (a router that moved to another node is reachable at once, not after the old
+    entries age out)."""
+    batches = [(dev, _garp_frames(mac, addrs)) for dev, mac, addrs in announcements]
+    batches = [(dev, frames) for dev, frames in batches if frames]
+    if batches:
+        await sysctl.run_in_netns(netns, lambda: _send_frames(batches))

@@ -147,6 +147,13 @@ async def eventually(
         await asyncio.sleep(0.1)
 
 
+def reaches(ns: str, address: str) -> Callable[[], Awaitable[bool]]:
+    async def probe() -> bool:
+        return await ping(ns, address, count=1, wait=1)
+
+    return probe
+
+
 async def cli(target: str, *argv: str) -> str:
     result = await run(
         sys.executable,
@@ -236,7 +243,9 @@ async def _scenario(
     # DOWN -> ACTIVE once the agents wired them; traffic crosses the VXLAN overlay.
     for p in (p1, p2):
         await eventually(f"{p.name} ACTIVE", status_is(p.id, "ACTIVE"), 10, agents.logs())
-    assert await ping(w1, ip2, count=3), "no ping across nodes over VXLAN"
+    # ACTIVE means wired on its own host; the other host's l2population entries converge
+    # on their own, hence "eventually" for every ping that must pass.
+    await eventually("ping across nodes over VXLAN", reaches(w1, ip2), 10, agents.logs())
 
     # admin_state_up false takes the port DOWN and stops the traffic; true restores it.
     async def set_admin(port_id: str, up: bool) -> None:
@@ -252,7 +261,7 @@ async def _scenario(
     assert not await ping(w1, ip2, count=1, wait=1), "ping still passes with admin down"
     await set_admin(p2.id, True)
     await eventually("p2 ACTIVE again", status_is(p2.id, "ACTIVE"), 10, agents.logs())
-    assert await ping(w1, ip2, count=3)
+    await eventually("ping with admin up again", reaches(w1, ip2), 10, agents.logs())
 
     # Restarting node2's agent under a 10 ms ping loses nothing.
     before = (await alive_hosts())["node2"].started_at.ToNanoseconds()
@@ -289,7 +298,7 @@ async def _scenario(
     ip3 = p3.fixed_ips.ips[0].ip_address
     await cli(target, "port", "plug", p3.id, "--netns", w3, "--node-netns", node2.ns, "--static-ip")
     await eventually("p3 ACTIVE on node2", status_is(p3.id, "ACTIVE"), 10, agents.logs())
-    assert await ping(w1, ip3, count=2)
+    await eventually("ping p3 on node2", reaches(w1, ip3), 10, agents.logs())
     moved = await admin.ports.UpdatePort(
         port_pb2.UpdatePortRequest(
             port=port_pb2.Port(id=p3.id, binding_host_id="node1"),
@@ -307,8 +316,8 @@ async def _scenario(
     await eventually("p3 ACTIVE on node1", status_is(p3.id, "ACTIVE"), 10, agents.logs())
     # The moved workload speaks first (as a migrated VM's gratuitous ARP would): node1's
     # bridge learned p3's MAC behind the VXLAN port while p3 was remote.
-    assert await ping(w3, ip1, count=2)
-    assert await ping(w1, ip3, count=2)
+    await eventually("ping from moved p3", reaches(w3, ip1), 10, agents.logs())
+    await eventually("ping moved p3", reaches(w1, ip3), 10, agents.logs())
 
     # A killed agent is marked dead within the lease TTL (+ margin).
     await agents.kill("node1")
@@ -317,8 +326,9 @@ async def _scenario(
     async def node1_dead() -> bool:
         return "node1" not in await alive_hosts()
 
-    await eventually("node1 dead", node1_dead, LEASE_TTL + 3, agents.logs())
-    assert time.monotonic() - t0 <= LEASE_TTL + 2.0
+    await eventually("node1 dead", node1_dead, LEASE_TTL + 5, agents.logs())
+    # Lease TTL, plus etcd's expiry check (~0.5 s) and our polling; slack for a busy CI.
+    assert time.monotonic() - t0 <= LEASE_TTL + 3.0
     resp = await agent_api.ListAgents(agent_pb2.ListAgentsRequest(host="node1"), metadata=md)
     assert [(a.host, a.alive) for a in resp.agents] == [("node1", False)]
     dead = json.loads(await cli(target, "network", "agent", "list", "--dead", "-f", "json"))
@@ -393,7 +403,7 @@ async def test_agents_move_to_another_controller(etcd_endpoint: str, key_prefix:
             await cli(target_b, "port", "plug", p3.id, "--netns", w3, "--node-netns", node1.ns,
                       "--static-ip")  # fmt: skip
             await eventually("p3 ACTIVE", lambda: all_active(p3.id), 10, agents.logs())
-            assert await ping(w3, ip2, count=3)
+            await eventually("ping from p3", reaches(w3, ip2), 10, agents.logs())
             agent_api = agent_pb2_grpc.AgentServiceStub(channel)
             resp = await agent_api.ListAgents(
                 agent_pb2.ListAgentsRequest(), metadata=bearer(ADMIN_TOKEN)
@@ -465,13 +475,13 @@ async def test_security_groups_reach_the_agents_firewall(
             ip2 = p2.fixed_ips.ips[0].ip_address
             ip3 = p3.fixed_ips.ips[0].ip_address
 
-            async def reaches(ip: str) -> bool:
+            async def w1_reaches(ip: str) -> bool:
                 return await ping(w1, ip, count=1, wait=1)
 
             async def blocked(ip: str) -> bool:
-                return not await ping(w1, ip, count=1, wait=1)
+                return not await w1_reaches(ip)
 
-            await eventually("p1 -> p2 (default group members)", lambda: reaches(ip2), 10)
+            await eventually("p1 -> p2 (default group members)", lambda: w1_reaches(ip2), 10)
             assert await blocked(ip3), "a group without ingress rules let ICMP in"
             rule = await admin.rule(
                 security_group_id=closed.id,
@@ -480,7 +490,7 @@ async def test_security_groups_reach_the_agents_firewall(
                 protocol="icmp",
                 remote_ip_prefix="10.79.0.0/24",
             )
-            await eventually("the new ICMP rule opens p3", lambda: reaches(ip3), 10)
+            await eventually("the new ICMP rule opens p3", lambda: w1_reaches(ip3), 10)
             await admin.sgs.DeleteSecurityGroupRule(
                 security_group_pb2.DeleteSecurityGroupRuleRequest(id=rule.id)
             )
@@ -556,7 +566,7 @@ async def test_openvswitch_agents_carry_traffic(etcd_endpoint: str, key_prefix: 
 
             await eventually("OVS ports ACTIVE", all_active, 20, agents.logs())
             ip2 = ports[1].fixed_ips.ips[0].ip_address
-            await eventually("ping across OVS hosts", lambda: ping(ws[0], ip2, count=1, wait=1), 10)
+            await eventually("ping across OVS hosts", reaches(ws[0], ip2), 10)
         except BaseException:
             print(agents.logs())
             raise

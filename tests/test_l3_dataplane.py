@@ -165,10 +165,9 @@ def test_plan_from_scratch_and_nat_rendering() -> None:
         EnsureRouterPort,
         SetAddresses,
         SetAddresses,
-        AnnounceAddresses,
-        AnnounceAddresses,
         SetRoutes,
         LoadNat,
+        AnnounceAddresses,
     ]
     assert plan.changes[0] == EnsureRouterNamespace("pfx-qrouter-r1")
     assert (
@@ -182,6 +181,13 @@ def test_plan_from_scratch_and_nat_rendering() -> None:
             "pfx-qrouter-r1", (("0.0.0.0/0", "203.0.113.1"), ("10.9.0.0/16", "10.0.1.50")), ()
         )
         in plan.changes
+    )
+    assert plan.changes[-1] == AnnounceAddresses(
+        "pfx-qrouter-r1",
+        (
+            ("qg-ggggggggggg", qg.mac, ("203.0.113.10/32", "203.0.113.2/24")),
+            ("qr-ppppppppppp", qr.mac, ("10.0.1.1/24",)),
+        ),
     )
     body = nat.render_body(spec)
     assert "ip daddr 203.0.113.10 dnat to 10.0.1.11" in body

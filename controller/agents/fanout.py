@@ -90,12 +90,10 @@ class Fanout:
         self._rule_groups: dict[str, str] = {}  # rule id -> its group
         self._agent_host: dict[str, str] = {}  # agent id -> host
         self._host_agents: dict[str, set[str]] = {}  # host -> agent ids
-        self._started = False
 
     def start(self) -> None:
         self._reset(self.store.cache.revision)
         self.store.listeners.append(self.on_change)
-        self._started = True
 
     def stop(self) -> None:
         if self.on_change in self.store.listeners:

@@ -106,22 +106,22 @@ class SetAddresses:
 @dataclass(frozen=True, slots=True)
 class AnnounceAddresses:
     """Gratuitous ARP for addresses just added (a router built anew, on another node
-    after a failover, or a new floating IP): the outside learns where they are now."""
+    after a failover, or a new floating IP), once the router is ready to forward: the
+    outside learns where they are now. announcements: (device, MAC, addresses)."""
 
     namespace: str
-    device: str
-    mac: str
-    addresses: tuple[str, ...]
+    announcements: tuple[tuple[str, str, tuple[str, ...]], ...]
 
     @property
     def removes_stale(self) -> bool:
         return False
 
     def __str__(self) -> str:
-        return f"gratuitous ARP for {', '.join(self.addresses)} from {self.device}"
+        what = "; ".join(f"{', '.join(a)} from {d}" for d, _, a in self.announcements)
+        return f"gratuitous ARP for {what} in {self.namespace}"
 
     async def apply(self, host: RouterHost) -> None:
-        await nsdev.send_garp(self.namespace, self.device, self.mac, self.addresses)
+        await nsdev.send_garp(self.namespace, self.announcements)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,8 @@
 """Pure: the plan that converges a host's routers (no I/O).
 
 Per router, in order: namespace (with forwarding), ports (veth pairs), ports the
-router no longer has, addresses, routes, the NAT table, then conntrack flushes for NAT
+router no longer has, addresses, routes, the NAT table, gratuitous ARPs for addresses
+added, then conntrack flushes for NAT
 addresses that went away or now map elsewhere (after the new rules are in, so no new
 connection picks up the old mapping). Routers this host no longer runs are removed
 last and only these are flagged ``removes_stale``: a desired router's spec is complete,
@@ -97,7 +98,7 @@ def router_changes(
                 changes.append(DeleteRouterPort(ns, name))
                 if name.startswith(GATEWAY_PREFIX):
                     flush.update(a.split("/")[0] for a in ra.addresses.get(name, ()))
-    announce: list[Change] = []
+    announce: list[tuple[str, str, tuple[str, ...]]] = []
     for device, want in sorted(desired_addresses(spec).items()):
         have = ra.addresses.get(device, frozenset()) if ra is not None else frozenset()
         if ra is None or device not in ra.links:
@@ -108,8 +109,7 @@ def router_changes(
             if device.startswith(GATEWAY_PREFIX):
                 flush.update(a.split("/")[0] for a in removed)
             if added and spec.admin_state_up:
-                announce.append(AnnounceAddresses(ns, device, devices[device].mac, added))
-    changes.extend(announce)  # after every address is in place
+                announce.append((device, devices[device].mac, added))
     want_routes = desired_routes(spec)
     have_routes = ra.routes if ra is not None else frozenset()
     if want_routes != have_routes:
@@ -124,6 +124,8 @@ def router_changes(
     digest = nat.digest(body)
     if ra is None or ra.nat_digest != digest:
         changes.append(LoadNat(ns, nat.render_script(spec), digest))
+    if announce:  # once the router is ready: addresses, routes and NAT in place
+        changes.append(AnnounceAddresses(ns, tuple(announce)))
     if ra is not None:
         flush.update(f.floating_ip for f in ra.nat_fips - set(spec.floating_ips))
     if flush:

@@ -66,6 +66,11 @@ for n in "${NODES[@]}"; do
 done
 
 echo "== topology: one VXLAN network, one subnet, a port per node"
+# The controller's state persists: remove what an earlier demo left, by ID.
+for net in $(baryon network list --name demo-net -f value -c id); do
+  for port in $(baryon port list --network "$net" -f value -c id); do baryon port delete "$port"; done
+  baryon network delete "$net"
+done
 baryon network create demo-net -f value -c id >/dev/null
 baryon subnet create demo-subnet --network demo-net --subnet-range 10.42.0.0/24 -f value -c id >/dev/null
 for n in "${NODES[@]}"; do
@@ -85,7 +90,7 @@ baryon port list --network demo-net
 
 ip2=$(baryon port show vm-node2 -f json | python3 -c 'import json,sys; print(json.load(sys.stdin)["fixed_ips"]["ips"][0]["ip_address"])')
 echo "== ping from vm-node1 to vm-node2 ($ip2) across nodes over VXLAN"
-ip netns exec "$P-vm-node1" ping -c 3 -i 0.2 -W 1 "$ip2"
+ip netns exec "$P-vm-node1" busybox ping -c 3 -W 2 "$ip2"
 
 cat <<MSG
 

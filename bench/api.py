@@ -13,7 +13,8 @@ Phases, in order (see bench/README.md for what each number means):
    ``controller.etcd.client``, 1 and 32 in flight;
 2. CreatePort, 1 and 32 in flight, on one network with a /16 subnet (admin token);
 3. fill that network up to ``--ports`` ports (32 in flight), then ListPorts pages of 100
-   (first page and a middle page, filtered by network_id), GetPort, controller VmRSS;
+   (first page and a middle page, filtered by network_id), GetPort @1 and @32,
+   Health.Check @32 (the cost of any RPC, no etcd), controller VmRSS;
 4. ``--profile``: a second, profiled controller (cProfile, or py-spy) runs CreatePort@32 alone
    and the top functions are printed.
 
@@ -199,9 +200,7 @@ class Phase:
             "errors": dict(self.errors),
         }
         if self.cpu_s and self.ops:
-            out["cpu_us_per_op"] = {
-                k: round(v * 1e6 / self.ops, 1) for k, v in self.cpu_s.items()
-            }
+            out["cpu_us_per_op"] = {k: round(v * 1e6 / self.ops, 1) for k, v in self.cpu_s.items()}
             out["cpu_cores_busy"] = {
                 k: round(v / self.seconds, 2) for k, v in self.cpu_s.items() if self.seconds
             }
@@ -370,7 +369,9 @@ class ControllerProc:
                     if resp.status == health_pb2.HealthCheckResponse.SERVING:
                         return
                 if loop.time() > deadline:
-                    raise RuntimeError(f"controller not serving after {timeout}s:\n{self.log_tail()}")
+                    raise RuntimeError(
+                        f"controller not serving after {timeout}s:\n{self.log_tail()}"
+                    )
                 await asyncio.sleep(0.05)
 
     def stop(self, grace: float = 15.0) -> int | None:
@@ -450,13 +451,15 @@ class Api:
     def __init__(self, target: str, channels: int = CHANNELS) -> None:
         opts = [("grpc.use_local_subchannel_pool", 1)]
         self.channels = [grpc.aio.insecure_channel(target, options=opts) for _ in range(channels)]
-        self.ports = [port_pb2_grpc.PortServiceStub(c) for c in self.channels]
+        self.ports: list[port_pb2_grpc.PortServiceAsyncStub] = [
+            port_pb2_grpc.PortServiceStub(c) for c in self.channels
+        ]
         self.health = [health_pb2_grpc.HealthStub(c) for c in self.channels]
         self.nets = network_pb2_grpc.NetworkServiceStub(self.channels[0])
         self.subnets = subnet_pb2_grpc.SubnetServiceStub(self.channels[0])
         self.md = (("authorization", f"Bearer {TOKEN}"),)
 
-    def port_stub(self, worker: int) -> port_pb2_grpc.PortServiceStub:
+    def port_stub(self, worker: int) -> port_pb2_grpc.PortServiceAsyncStub:
         return self.ports[worker % len(self.ports)]
 
     async def close(self) -> None:
@@ -502,9 +505,10 @@ async def etcd_cas_phase(
     async with EtcdClient([endpoint]) as client:
         # Warm the channel up (connect, first call) outside the measurement.
         for i in range(50):
-            await client.txn([cmp_create(f"/bench/warm/{tag}/{i}".encode(), "=", 0)], [
-                op_put(f"/bench/warm/{tag}/{i}".encode(), value)
-            ])
+            await client.txn(
+                [cmp_create(f"/bench/warm/{tag}/{i}".encode(), "=", 0)],
+                [op_put(f"/bench/warm/{tag}/{i}".encode(), value)],
+            )
         failed = 0
 
         async def op(worker: int, i: int) -> None:
@@ -614,38 +618,79 @@ async def rpc_floor_phase(api: Api, concurrency: int, duration: float, meter: Cp
 # ----------------------------------------------------------------------------- profiles
 
 
+# Left out of the "top" lists so that they show where the time actually goes: frames
+# every sample or call passes through (process and event-loop scaffolding), start-up
+# imports, and the loop waiting for I/O (reported on its own as idle time).
+_SCAFFOLDING = (
+    "runpy",
+    "asyncio/runners.py",
+    "asyncio/base_events.py",
+    "asyncio/events.py",
+    "controller/server.py",
+    "threading.py:",
+    "<method 'run' of '_contextvars.Context' objects>",
+    "<built-in method builtins.exec>",
+    "importlib",
+    "(<module>)",
+    "<built-in method builtins.__import__>",
+    "<built-in method builtins.compile>",
+    "<built-in method marshal.loads>",
+    "selectors.py",
+    "<method 'poll' of 'select.epoll' objects>",
+)
+PYSPY_RATE = 250
+
+
+def _scaffolding(name: str) -> bool:
+    return any(marker in name for marker in _SCAFFOLDING)
+
+
 def cprofile_top(path: Path, ops: int, top: int = 25) -> dict[str, Any]:
+    """Top functions of a cProfile dump, by cumulative and by own time."""
     st = pstats.Stats(str(path))
     rows = []
-    for (filename, line, func), (cc, nc, tt, ct, _callers) in st.stats.items():  # type: ignore[attr-defined]
+    idle_s = 0.0
+    for (filename, line, func), (_cc, nc, tt, ct, _callers) in st.stats.items():  # type: ignore[attr-defined]
+        name = _short(filename, line, func)
+        if name == "<method 'poll' of 'select.epoll' objects>":
+            idle_s += ct
+        if _scaffolding(name):
+            continue
         rows.append(
             {
-                "function": _short(filename, line, func),
+                "function": name,
                 "ncalls": nc,
                 "tottime_s": round(tt, 4),
                 "cumtime_s": round(ct, 4),
-                "cum_us_per_create": round(ct * 1e6 / ops, 1) if ops else None,
-                "tot_us_per_create": round(tt * 1e6 / ops, 1) if ops else None,
+                "cum_us_per_port": round(ct * 1e6 / ops, 1) if ops else None,
+                "tot_us_per_port": round(tt * 1e6 / ops, 1) if ops else None,
             }
         )
     by_cum = sorted(rows, key=lambda r: r["cumtime_s"], reverse=True)[:top]
     by_tot = sorted(rows, key=lambda r: r["tottime_s"], reverse=True)[:top]
-    return {"kind": "cprofile", "file": str(path), "by_cumulative": by_cum, "by_tottime": by_tot}
+    return {
+        "kind": "cprofile",
+        "file": str(path),
+        "idle_s": round(idle_s, 3),
+        "by_cumulative": by_cum,
+        "by_tottime": by_tot,
+    }
 
 
 def _short(filename: str, line: int, func: str) -> str:
     if filename == "~":
         return func
     p = filename
-    for marker in (str(REPO) + "/", "site-packages/", "/lib/python3"):
+    for marker in (str(REPO) + "/", "site-packages/", "/lib/python3.11/", "/lib/python3"):
         if marker in p:
             p = p.split(marker, 1)[1]
             break
     return f"{p}:{line}({func})"
 
 
-def pyspy_top(path: Path, top: int = 25) -> dict[str, Any]:
-    """Inclusive and self sample counts per frame from py-spy's raw (collapsed) output."""
+def pyspy_top(path: Path, ports: float, top: int = 25) -> dict[str, Any]:
+    """Inclusive and self time per frame from py-spy's raw (collapsed) output, in µs of
+    thread time per port created while it sampled."""
     inclusive: Counter[str] = Counter()
     self_: Counter[str] = Counter()
     total = 0
@@ -655,31 +700,38 @@ def pyspy_top(path: Path, top: int = 25) -> dict[str, Any]:
             continue
         count = int(count_s)
         total += count
-        frames = stack.split(";")
+        frames = [_pyspy_frame(f) for f in stack.split(";")]
         for fr in set(frames):
-            inclusive[_pyspy_frame(fr)] += count
-        self_[_pyspy_frame(frames[-1])] += count
+            inclusive[fr] += count
+        self_[frames[-1]] += count
+    us = 1e6 / PYSPY_RATE / max(ports, 1)
 
-    def rows(c: Counter[str]) -> list[dict[str, Any]]:
+    def rows(c: Counter[str], skip: bool) -> list[dict[str, Any]]:
+        items = [(k, v) for k, v in c.most_common() if not (skip and _scaffolding(k))]
         return [
-            {"function": k, "samples": v, "pct": round(100.0 * v / max(total, 1), 1)}
-            for k, v in c.most_common(top)
+            {
+                "function": k,
+                "samples": v,
+                "pct": round(100.0 * v / max(total, 1), 1),
+                "us_per_port": round(v * us, 1),
+            }
+            for k, v in items[:top]
         ]
 
     return {
         "kind": "py-spy",
         "file": str(path),
         "samples": total,
-        "by_cumulative": rows(inclusive),
-        "by_self": rows(self_),
+        "by_cumulative": rows(inclusive, True),
+        "by_self": rows(self_, False),
     }
 
 
 def _pyspy_frame(frame: str) -> str:
-    # "func (path/to/file.py:123)" -> "file path:line(func)" shortened like cProfile's rows
+    # "func (path/to/file.py:123)" -> "path:line(func)", shortened like cProfile's rows
     func, _, where = frame.partition(" (")
     where = where.rstrip(")")
-    for marker in (str(REPO) + "/", "site-packages/", "/lib/python3"):
+    for marker in (str(REPO) + "/", "site-packages/", "/lib/python3.11/", "/lib/python3"):
         if marker in where:
             where = where.split(marker, 1)[1]
             break
@@ -690,46 +742,52 @@ async def profile_phase(
     procs: Processes, kind: str, duration: float, out_dir: Path
 ) -> dict[str, Any]:
     """CreatePort@32 against a fresh, profiled controller (own etcd prefix, empty cache)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240
     stamp = time.strftime("%Y%m%d-%H%M%S")
     cprofile_out = out_dir / f"baryon-createport-{stamp}.pstats" if kind == "cprofile" else None
+    pyspy_out = out_dir / f"baryon-createport-{stamp}.pyspy.txt"
+    record_s = max(round(duration), 1)
     ctl = procs.start_controller("/bench-prof/", cprofile_out=cprofile_out)
     await ctl.wait_ready()
     api = Api(ctl.target)
     ids: list[str] = []
-    result: dict[str, Any]
+    warmup = 300
     try:
         net_id = await api.network_with_subnet("bench-prof", "10.0.0.0/16")
         op = api.create_port_op(net_id, ids)
-        await closed_loop(Phase("warm-up", 32), op, total=300)
-        pyspy_out = out_dir / f"baryon-createport-{stamp}.pyspy.txt"
-        if kind.startswith("py-spy"):
+        await closed_loop(Phase("warm-up", 32), op, total=warmup)
+        if kind == "py-spy":
             exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-            procs.pyspy = subprocess.Popen(
-                [exe, "record", "--pid", str(ctl.pid), "--duration", str(int(round(duration))),
-                 "--rate", "250", "--format", "raw", "--output", str(pyspy_out)]
-                + (["--native"] if kind == "py-spy-native" else []),
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+            argv = [exe, "record", "--pid", str(ctl.pid), "--duration", str(record_s)]
+            argv += ["--rate", str(PYSPY_RATE), "--format", "raw", "--output", str(pyspy_out)]
+            procs.pyspy = subprocess.Popen(  # noqa: ASYNC220
+                argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
             )
             await asyncio.sleep(0.3)  # let it attach
+        # py-spy samples for record_s seconds from now: load it all that time
         phase = await closed_loop(
-            Phase("CreatePort @32 (profiled)", 32), op, duration=duration
+            Phase("CreatePort @32 (profiled)", 32), op, duration=record_s + 0.5
         )
     finally:
         await api.close()
-    if kind.startswith("py-spy"):
+    result: dict[str, Any]
+    if kind == "py-spy":
         assert procs.pyspy is not None
-        procs.pyspy.wait(timeout=duration + 30)
+        await asyncio.to_thread(procs.pyspy.wait, record_s + 30)
         ctl.stop()
-        result = pyspy_top(pyspy_out)
+        result = pyspy_top(pyspy_out, phase.rate * record_s)
+        result["note"] = (
+            "thread time (not only CPU) per port while sampled; Thread.run self = grpc's poller"
+            " thread (C core: epoll wait and socket I/O); EpollSelector.select = loop idle"
+        )
     else:
         ctl.stop()
         assert cprofile_out is not None
-        result = cprofile_top(cprofile_out, phase.ops + 300)
+        result = cprofile_top(cprofile_out, phase.ops + warmup)
         result["note"] = (
-            "whole profiled process: start-up, one network+subnet, 300 warm-up ports and "
-            "the phase; per-create figures divide by all ports created"
+            "the whole profiled process (start-up, a network, a subnet, warm-up ports and the"
+            " phase), per port created; event-loop scaffolding left out; C code of grpc shows"
+            " as the Python frame that calls it; profiler overhead inflates Python code"
         )
     result["phase"] = phase.summary()
     return result
@@ -825,7 +883,10 @@ def say(msg: str) -> None:
 
 
 def fmt_row(cols: list[str], widths: list[int]) -> str:
-    return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cols, widths)))
+    return "  ".join(
+        c.ljust(w) if i == 0 else c.rjust(w)
+        for i, (c, w) in enumerate(zip(cols, widths, strict=True))
+    )
 
 
 def print_report(r: dict[str, Any]) -> None:
@@ -839,7 +900,17 @@ def print_report(r: dict[str, Any]) -> None:
         f"cpu busy before start {m['cpu_busy_pct_before']}%"
     )
     ph = r.get("phases", {})
-    head = ["phase", "ops", "per s", "p50 ms", "p99 ms", "max ms", "err", "CPU us/op b/c/e", "others"]
+    head = [
+        "phase",
+        "ops",
+        "per s",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "err",
+        "CPU us/op b/c/e",
+        "others",
+    ]
     widths = [30, 7, 7, 7, 7, 7, 4, 17, 6]
     print()
     print(fmt_row(head, widths))
@@ -913,8 +984,9 @@ def print_report(r: dict[str, Any]) -> None:
             rows.append(
                 (
                     f"controller RSS MB ({mem['ports_stored']} ports)",
-                    f"{mem['controller_rss_mb_after']:.0f} (idle {mem['controller_rss_mb_idle']:.0f}"
-                    f", peak {mem['controller_hwm_mb']:.0f})",
+                    f"{mem['controller_rss_mb_after']:.0f}"
+                    f" (idle {mem['controller_rss_mb_idle']:.0f},"
+                    f" peak {mem['controller_hwm_mb']:.0f})",
                     "<= 200",
                 )
             )
@@ -928,34 +1000,40 @@ def print_report(r: dict[str, Any]) -> None:
             f"profile ({prof['kind']}, {prof['file']}): CreatePort @32 under the profiler: "
             f"{p['ops']} ports, {p['per_s']:,.0f}/s, p50 {p['p50_ms']:.2f} ms"
         )
+        print(f"  ({prof['note']})")
         if prof["kind"] == "cprofile":
-            print(f"  {prof['note']}")
-            print(f"  {'cumtime s':>9} {'tottime s':>9} {'us/port':>8} {'ncalls':>9}  function")
+            print(f"  event loop idle (epoll wait): {prof['idle_s']:.2f} s")
+            print(f"  top {len(prof['by_cumulative'])} by cumulative time:")
+            print(f"  {'cum s':>7} {'own s':>7} {'cum us/port':>11} {'ncalls':>8}  function")
             for row in prof["by_cumulative"]:
                 print(
-                    f"  {row['cumtime_s']:9.3f} {row['tottime_s']:9.3f} "
-                    f"{row['cum_us_per_create']:8.1f} {row['ncalls']:9d}  {row['function']}"
+                    f"  {row['cumtime_s']:7.3f} {row['tottime_s']:7.3f} "
+                    f"{row['cum_us_per_port']:11.1f} {row['ncalls']:8d}  {row['function']}"
                 )
-            print("  top by own time (tottime):")
+            print("  top 15 by own time:")
+            print(f"  {'cum s':>7} {'own s':>7} {'own us/port':>11} {'ncalls':>8}  function")
             for row in prof["by_tottime"][:15]:
                 print(
-                    f"  {row['cumtime_s']:9.3f} {row['tottime_s']:9.3f} "
-                    f"{row['tot_us_per_create']:8.1f} {row['ncalls']:9d}  {row['function']}"
+                    f"  {row['cumtime_s']:7.3f} {row['tottime_s']:7.3f} "
+                    f"{row['tot_us_per_port']:11.1f} {row['ncalls']:8d}  {row['function']}"
                 )
         else:
-            print(f"  {prof['samples']} samples; inclusive %  function")
+            print(f"  {prof['samples']} samples; top {len(prof['by_cumulative'])} inclusive:")
+            print(f"  {'%':>6} {'us/port':>8}  function")
             for row in prof["by_cumulative"]:
-                print(f"  {row['pct']:6.1f}%  {row['function']}")
-            print("  top by self samples:")
+                print(f"  {row['pct']:6.1f} {row['us_per_port']:8.1f}  {row['function']}")
+            print("  top 15 by self samples:")
             for row in prof["by_self"][:15]:
-                print(f"  {row['pct']:6.1f}%  {row['function']}")
+                print(f"  {row['pct']:6.1f} {row['us_per_port']:8.1f}  {row['function']}")
     print()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.api", description=__doc__.split("\n\n")[0])
     p.add_argument("--duration", type=float, default=None, help="seconds per timed phase (4)")
-    p.add_argument("--ports", type=int, default=None, help="ports stored for the read phases (10000)")
+    p.add_argument(
+        "--ports", type=int, default=None, help="ports stored for the read phases (10000)"
+    )
     p.add_argument("--quick", action="store_true", help="small numbers for a smoke run (< 30 s)")
     p.add_argument("--json", type=Path, help="also write the results as JSON to FILE")
     p.add_argument("--cidr", default="10.0.0.0/16", help="the ports' subnet (%(default)s)")
@@ -969,7 +1047,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--profile",
         nargs="?",
         const="cprofile",
-        choices=("cprofile", "py-spy", "py-spy-native"),
+        choices=("cprofile", "py-spy"),
         help="also profile CreatePort @32 in a separate controller (default: cProfile)",
     )
     p.add_argument(

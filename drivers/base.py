@@ -18,11 +18,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar, runtime_checkable
+from types import TracebackType
+from typing import Any, Generic, Protocol, Self, TypeVar, cast, runtime_checkable
 
 from drivers.model import HostState, PortStatus
+from drivers.netlink import open_iproute
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,67 @@ class ApplyError(Exception):
         super().__init__(f"{len(self.failures)} change(s) failed: {lines}")
 
 
+class _HostChange(Protocol):
+    async def apply(self, host: Any) -> None: ...
+
+
+async def apply_in_order(
+    plan: Plan,
+    host: object,
+    change_types: Any,
+    kind: str,
+    logger: logging.Logger,
+    *,
+    skip: Callable[[Any], bool] | None = None,
+    failed: Callable[[Any], None] | None = None,
+) -> None:
+    """Apply every change of `plan` to `host` (``await change.apply(host)``) in order;
+    failures are logged to `logger`, collected and raised together (ApplyError).
+
+    change_types: what isinstance accepts (a class or a union); any other change is a
+    bug: TypeError, "not <kind> change". skip(change): True to pass a change over;
+    failed(change): called after a change failed.
+    """
+    failures: list[tuple[Change, BaseException]] = []
+    for change in plan:
+        if not isinstance(change, change_types):
+            raise TypeError(f"not {kind} change: {change!r}")
+        if skip is not None and skip(change):
+            continue
+        try:
+            await cast(_HostChange, change).apply(host)
+        except Exception as exc:
+            logger.warning("change failed: %s: %r", change, exc)
+            failures.append((change, exc))
+            if failed is not None:
+                failed(change)
+    if failures:
+        raise ApplyError(failures)
+
+
+class _Converging(Protocol):
+    async def read_actual(self) -> Any: ...
+
+    def diff(self, desired: Any, actual: Any) -> Plan: ...
+
+    async def apply(self, plan: Plan) -> None: ...
+
+
+async def converge(
+    driver: _Converging, desired: Any, *, remove_stale: bool, logger: logging.Logger
+) -> Plan:
+    """Read the actual state back, diff it with `desired` and apply the plan (without its
+    stale removals unless `remove_stale`); returns the plan applied (empty: nothing to
+    do). The caller holds its lock."""
+    plan = driver.diff(desired, await driver.read_actual())
+    if not remove_stale:
+        plan = plan.without_stale_removals()
+    if plan:
+        logger.debug("applying %d change(s): %s", len(plan), plan.describe())
+        await driver.apply(plan)
+    return plan
+
+
 class MechanismDriver(Protocol[ActualT]):
     """What the node agent calls. ``vif_type`` is what port bindings report."""
 
@@ -105,10 +168,56 @@ class MechanismDriver(Protocol[ActualT]):
 
 
 class DriverBase(ABC, Generic[ActualT]):
-    """Shared ``sync``/``port_statuses`` built on the abstract primitives."""
+    """Shared ``sync``/``port_statuses`` built on the abstract primitives, and what
+    ``start()`` sets up: the netlink socket of the managed namespace (``_ipr``) and the
+    network types this host supports (``_supported``, ``_unsupported``)."""
 
     def __init__(self) -> None:
         self._sync_lock = asyncio.Lock()
+        self._ipr: Any = None
+        self._supported: frozenset[str] | None = None
+        self._unsupported: dict[str, str] = {}
+
+    @abstractmethod
+    async def start(self) -> None: ...
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def _open_ipr(self, netns: str | None) -> None:
+        if self._ipr is None:
+            self._ipr = open_iproute(netns)
+
+    def _close_ipr(self) -> None:
+        if self._ipr is not None:
+            self._ipr.close()
+            self._ipr = None
+
+    def _require_ipr(self) -> Any:
+        if self._ipr is None:
+            raise RuntimeError(f"{type(self).__name__}: call start() first")
+        return self._ipr
+
+    def supported_network_types(self) -> frozenset[str]:
+        if self._supported is None:
+            raise RuntimeError(f"{type(self).__name__}: call start() first")
+        return self._supported
+
+    def unsupported_network_types(self) -> dict[str, str]:
+        """network type -> why this host cannot carry it (after start())."""
+        return dict(self._unsupported)
 
     @abstractmethod
     async def read_actual(self) -> ActualT: ...

@@ -6,8 +6,9 @@ compared cheaply (the agent skips a sync when nothing changed) and used as keys.
 
 from __future__ import annotations
 
+import ipaddress
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
@@ -41,6 +42,35 @@ def port_device_name(port_id: str) -> str:
 
 def owned_alias(port_id: str) -> str:
     return OWNED_ALIAS_PREFIX + port_id
+
+
+def is_owned_device(name: str, alias: str | None) -> bool:
+    """Whether the device `name` (ifalias `alias`) is a port device Baryon created: its
+    alias is owned_alias() of the port the device is named after."""
+    alias = alias or ""
+    return alias.startswith(OWNED_ALIAS_PREFIX) and (
+        port_device_name(alias[len(OWNED_ALIAS_PREFIX) :]) == name
+    )
+
+
+def specs_by_id(
+    specs: Mapping[str, V] | Iterable[V], id_of: Callable[[V], str], kind: str
+) -> dict[str, V]:
+    """Specs by id, from an id -> spec mapping (each key must be its spec's id) or an
+    iterable of specs (each id once); ValueError otherwise. kind: what a spec is
+    ("router"), for the messages."""
+    if isinstance(specs, Mapping):
+        out = dict(specs)
+        for key, spec in out.items():
+            if key != id_of(spec):
+                raise ValueError(f"{kind}s[{key!r}] holds {kind} {id_of(spec)!r}")
+        return out
+    out = {}
+    for spec in specs:
+        if id_of(spec) in out:
+            raise ValueError(f"{kind} {id_of(spec)} listed twice")
+        out[id_of(spec)] = spec
+    return out
 
 
 class FrozenDict(Mapping[K, V]):
@@ -240,6 +270,24 @@ class HostState:
             security_groups={g.id: g for g in security_groups},
             sg_members={k: frozenset(v) for k, v in (sg_members or {}).items()},
         )
+
+
+def remote_vteps_of(
+    desired: HostState, network_id: str, local_ip: str | None
+) -> dict[str, frozenset[str]]:
+    """l2population: a network's remote VTEPs (tunnel IP -> MACs behind it), leaving out
+    this host's own tunnel IP."""
+    remote = desired.remote_vteps.get(network_id, {})
+    return {ip: macs for ip, macs in remote.items() if ip != local_ip}
+
+
+def unicast_targets(vteps: Mapping[str, frozenset[str]]) -> dict[str, str]:
+    """MAC -> VTEP; a MAC listed behind several VTEPs (mid-move) goes to the lowest IP."""
+    out: dict[str, str] = {}
+    for ip in sorted(vteps, key=ipaddress.ip_address, reverse=True):
+        for mac in vteps[ip]:
+            out[mac] = ip
+    return out
 
 
 @dataclass(frozen=True, slots=True)

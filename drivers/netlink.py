@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
+import socket
+import threading
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from pyroute2 import AsyncIPRoute
+from pyroute2 import netns as pyroute2_netns
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ndmsg import flags as ndmsg_flags
 from pyroute2.netlink.rtnl.ndmsg import states as ndmsg_states
@@ -215,3 +219,63 @@ async def probe_link_kind(ipr: Any, kind: str, **attrs: Any) -> bool:
         return int(exc.code) != errno.EOPNOTSUPP
     await delete_link(ipr, name)
     return True
+
+
+_CLONE_NEWNET = 0x40000000
+
+
+def _socket_in_netns(
+    netns: str | None = None,
+    family: int = socket.AF_INET,
+    socket_type: int = socket.SOCK_STREAM,
+    proto: int = 0,
+    fileno: int | None = None,
+    flags: int = os.O_CREAT,
+    libc: Any = None,
+    timeout: Any = None,
+) -> socket.socket:
+    """pyroute2's netns.create_socket without its helper process: a throwaway thread
+    joins the namespace (setns with CLONE_NEWNET affects only the calling thread),
+    opens the socket there and exits. The socket stays in that namespace."""
+    if fileno is not None:
+        return socket.socket(fileno=fileno)
+    if netns is None:
+        return socket.socket(family, socket_type, proto)
+    if not netns_exists(netns):
+        if flags & os.O_CREAT:
+            return _PYROUTE2_CREATE_SOCKET(  # type: ignore[no-any-return]
+                netns=netns, family=family, socket_type=socket_type, proto=proto, flags=flags
+            )
+        raise FileNotFoundError(f"network namespace {netns!r} does not exist")
+    out: list[socket.socket | BaseException] = []
+
+    def body() -> None:
+        try:
+            fd = os.open(netns_path(netns), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                if _LIBC.setns(fd, _CLONE_NEWNET) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, f"setns({netns}): {os.strerror(err)}")
+            finally:
+                os.close(fd)
+            out.append(socket.socket(family, socket_type, proto))
+        except BaseException as exc:
+            out.append(exc)
+
+    thread = threading.Thread(target=body, name=f"netns-socket-{netns}", daemon=True)
+    thread.start()
+    thread.join()
+    result = out[0]
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_PYROUTE2_CREATE_SOCKET = pyroute2_netns.create_socket
+
+
+def avoid_forking_for_netns_sockets() -> None:
+    """Open pyroute2 sockets in named namespaces from a thread instead of a forked
+    helper: a process holding live gRPC objects must never fork (the agent)."""
+    pyroute2_netns.create_socket = _socket_in_netns

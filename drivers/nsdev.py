@@ -15,7 +15,7 @@ import ipaddress
 import os
 import re
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +31,7 @@ from drivers.netlink import (
     get_link,
     netns_exists,
     netns_path,
+    open_iproute,
 )
 
 RTPROT_STATIC = 4
@@ -99,6 +100,44 @@ async def delete_namespace(name: str) -> None:
     """Delete a namespace (purge_links first for its devices to go at once)."""
     if netns_exists(name):
         await run_cmd("ip", "netns", "del", name, ok_codes=(0, 1))
+
+
+def namespace_inode(name: str) -> int | None:
+    """The inode of the namespace's file in /run/netns (None: no such namespace); a
+    namespace deleted and made again has another."""
+    try:
+        return os.stat(netns_path(name)).st_ino
+    except FileNotFoundError:
+        return None
+
+
+class NamespaceSockets:
+    """Long-lived netlink sockets, one per service namespace, reopened when the
+    namespace was recreated since (its inode changed)."""
+
+    def __init__(self) -> None:
+        # ns -> (inode of /run/netns/ns when opened, socket)
+        self._iprs: dict[str, tuple[int, Any]] = {}
+
+    def __iter__(self) -> Iterator[str]:
+        """The namespaces with a socket open."""
+        return iter(self._iprs)
+
+    def get(self, ns: str) -> Any:
+        inode = namespace_inode(ns)
+        cached = self._iprs.get(ns)
+        if cached is not None and cached[0] == inode:
+            return cached[1]
+        if cached is not None:
+            cached[1].close()
+        ipr = open_iproute(ns)
+        self._iprs[ns] = (inode or 0, ipr)
+        return ipr
+
+    def close(self, ns: str) -> None:
+        cached = self._iprs.pop(ns, None)
+        if cached is not None:
+            cached[1].close()
 
 
 def canonical_interface(value: str) -> str:
@@ -217,6 +256,16 @@ async def read_addresses(ipr: Any) -> dict[int, frozenset[str]]:
     return {k: frozenset(v) for k, v in out.items()}
 
 
+def _address_attrs(value: str) -> dict[str, Any]:
+    """The netlink attributes of an address given as "ip/len"."""
+    iface = ipaddress.ip_interface(value)
+    return {
+        "address": str(iface.ip),
+        "prefixlen": iface.network.prefixlen,
+        "family": _family(value),
+    }
+
+
 async def set_addresses(ipr: Any, device: str, add: Iterable[str], remove: Iterable[str]) -> None:
     """Add then remove addresses on `device` (EEXIST/EADDRNOTAVAIL tolerated)."""
     found = await ipr.link_lookup(ifname=device)
@@ -224,28 +273,16 @@ async def set_addresses(ipr: Any, device: str, add: Iterable[str], remove: Itera
         raise NetlinkError(errno.ENODEV, f"no device {device}")
     index = int(found[0])
     for value in add:
-        iface = ipaddress.ip_interface(value)
+        attrs = _address_attrs(value)
         try:
-            await ipr.addr(
-                "add",
-                index=index,
-                address=str(iface.ip),
-                prefixlen=iface.network.prefixlen,
-                family=_family(value),
-            )
+            await ipr.addr("add", index=index, **attrs)
         except NetlinkError as exc:
             if exc.code != errno.EEXIST:
                 raise
     for value in remove:
-        iface = ipaddress.ip_interface(value)
+        attrs = _address_attrs(value)
         try:
-            await ipr.addr(
-                "del",
-                index=index,
-                address=str(iface.ip),
-                prefixlen=iface.network.prefixlen,
-                family=_family(value),
-            )
+            await ipr.addr("del", index=index, **attrs)
         except NetlinkError as exc:
             if exc.code not in (errno.EADDRNOTAVAIL, errno.ENODEV, errno.ENOENT):
                 raise
@@ -266,31 +303,26 @@ async def read_static_routes(ipr: Any) -> frozenset[tuple[str, str]]:
     return frozenset(out)
 
 
-async def replace_route(ipr: Any, destination: str, nexthop: str) -> None:
+def _static_route_attrs(destination: str, nexthop: str) -> dict[str, Any]:
+    """The netlink attributes of a static route (RTPROT_STATIC) in the main table."""
     net = ipaddress.ip_network(destination)
-    family = socket.AF_INET6 if net.version == 6 else socket.AF_INET
-    await ipr.route(
-        "replace",
-        family=family,
-        dst=str(net),
-        gateway=nexthop,
-        table=MAIN_TABLE,
-        proto=RTPROT_STATIC,
-    )
+    return {
+        "family": socket.AF_INET6 if net.version == 6 else socket.AF_INET,
+        "dst": str(net),
+        "gateway": nexthop,
+        "table": MAIN_TABLE,
+        "proto": RTPROT_STATIC,
+    }
+
+
+async def replace_route(ipr: Any, destination: str, nexthop: str) -> None:
+    await ipr.route("replace", **_static_route_attrs(destination, nexthop))
 
 
 async def delete_route(ipr: Any, destination: str, nexthop: str) -> None:
-    net = ipaddress.ip_network(destination)
-    family = socket.AF_INET6 if net.version == 6 else socket.AF_INET
+    attrs = _static_route_attrs(destination, nexthop)
     try:
-        await ipr.route(
-            "del",
-            family=family,
-            dst=str(net),
-            gateway=nexthop,
-            table=MAIN_TABLE,
-            proto=RTPROT_STATIC,
-        )
+        await ipr.route("del", **attrs)
     except NetlinkError as exc:
         if exc.code not in (errno.ESRCH, errno.ENOENT):
             raise

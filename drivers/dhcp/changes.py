@@ -6,23 +6,19 @@ import os
 import shutil
 import signal
 from dataclasses import dataclass
-from typing import Any, Protocol
 
 from drivers import nsdev
+from drivers.changes_common import (
+    DeleteServiceDevice,
+    EnsureServicePort,
+    NamespaceHost,
+    SetServiceAddresses,
+    delete_service_namespace,
+)
 from drivers.dhcp import config, process
-from drivers.netlink import delete_link, netns_exists
 
-
-class DhcpHost(Protocol):
-    @property
-    def node_ipr(self) -> Any: ...
-
-    @property
-    def node_netns(self) -> str | None: ...
-
-    async def ipr(self, ns: str) -> Any: ...
-
-    async def forget(self, ns: str) -> None: ...
+# What DHCP changes run against: what every namespace service offers, nothing more.
+DhcpHost = NamespaceHost
 
 
 def write_file(path: str, text: str) -> None:
@@ -54,62 +50,18 @@ class EnsureDhcpNamespace:
         await nsdev.ensure_namespace(self.namespace)
 
 
-@dataclass(frozen=True, slots=True)
-class EnsureDhcpPort:
-    namespace: str
-    port: nsdev.VethPort
-
-    @property
-    def removes_stale(self) -> bool:
-        return False
-
-    def __str__(self) -> str:
-        p = self.port
-        return f"ensure {p.inner} (mac {p.mac} mtu {p.mtu}) in {self.namespace} <-> {p.tap}"
-
-    async def apply(self, host: DhcpHost) -> None:
-        inner = await host.ipr(self.namespace)
-        await nsdev.ensure_veth_port(
-            host.node_ipr, host.node_netns, inner, self.namespace, self.port
-        )
+class EnsureDhcpPort(EnsureServicePort):
+    __slots__ = ()
 
 
-@dataclass(frozen=True, slots=True)
-class DeleteDhcpDevice:
+class DeleteDhcpDevice(DeleteServiceDevice):
     """An old DHCP port's device (the port was replaced): its tap goes with it."""
 
-    namespace: str
-    device: str
-
-    @property
-    def removes_stale(self) -> bool:
-        return False
-
-    def __str__(self) -> str:
-        return f"delete {self.device} in {self.namespace}"
-
-    async def apply(self, host: DhcpHost) -> None:
-        await delete_link(await host.ipr(self.namespace), self.device)
+    __slots__ = ()
 
 
-@dataclass(frozen=True, slots=True)
-class SetDhcpAddresses:
-    namespace: str
-    device: str
-    add: tuple[str, ...]
-    remove: tuple[str, ...]
-
-    @property
-    def removes_stale(self) -> bool:
-        return False
-
-    def __str__(self) -> str:
-        return f"addresses of {self.device} in {self.namespace}: +{self.add} -{self.remove}"
-
-    async def apply(self, host: DhcpHost) -> None:
-        await nsdev.set_addresses(
-            await host.ipr(self.namespace), self.device, self.add, self.remove
-        )
+class SetDhcpAddresses(SetServiceAddresses):
+    __slots__ = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,10 +152,7 @@ class DeleteDhcpNetwork:
     async def apply(self, host: DhcpHost) -> None:
         if self.pid is not None:
             await process.stop(self.pid)
-        if netns_exists(self.namespace):
-            await nsdev.purge_links(await host.ipr(self.namespace))
-        await host.forget(self.namespace)
-        await nsdev.delete_namespace(self.namespace)
+        await delete_service_namespace(host, self.namespace)
         shutil.rmtree(self.directory, ignore_errors=True)
 
 

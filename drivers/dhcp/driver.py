@@ -16,13 +16,14 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from drivers import nsdev
-from drivers.base import ApplyError, Change, Plan
+from drivers.base import Plan, apply_in_order, converge
 from drivers.dhcp import config, planner, process
 from drivers.dhcp.actual import DhcpActual, DhcpHostActual
 from drivers.dhcp.changes import DhcpChange
 from drivers.dhcp.model import DhcpNetworkSpec
 from drivers.dhcp.naming import TAP_PREFIX, dhcp_device, namespace_name, network_id_of
-from drivers.netlink import dump_links, netns_exists, netns_path, open_iproute
+from drivers.model import specs_by_id
+from drivers.netlink import dump_links, netns_exists, open_iproute
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +33,6 @@ def _read_text(path: str) -> str | None:
         with open(path) as f:
             return f.read()
     except (FileNotFoundError, NotADirectoryError):
-        return None
-
-
-def _ns_inode(ns: str) -> int | None:
-    try:
-        return os.stat(netns_path(ns)).st_ino
-    except FileNotFoundError:
         return None
 
 
@@ -54,7 +48,7 @@ class DhcpDriver:
         self.node_netns = node_netns
         self.state_dir = os.path.abspath(state_dir)
         self._node_ipr: Any = None
-        self._iprs: dict[str, tuple[int, Any]] = {}
+        self._iprs = nsdev.NamespaceSockets()
         self._lock = asyncio.Lock()
         self._desired: dict[str, DhcpNetworkSpec] | None = None
         self._supervisor: asyncio.Task[None] | None = None
@@ -94,20 +88,10 @@ class DhcpDriver:
         return self._node_ipr
 
     async def ipr(self, ns: str) -> Any:
-        inode = _ns_inode(ns)
-        cached = self._iprs.get(ns)
-        if cached is not None and cached[0] == inode:
-            return cached[1]
-        if cached is not None:
-            cached[1].close()
-        ipr = open_iproute(ns)
-        self._iprs[ns] = (inode or 0, ipr)
-        return ipr
+        return self._iprs.get(ns)
 
     async def forget(self, ns: str) -> None:
-        cached = self._iprs.pop(ns, None)
-        if cached is not None:
-            cached[1].close()
+        self._iprs.close(ns)
 
     def namespace(self, network_id: str) -> str:
         return namespace_name(self.netns_prefix, network_id)
@@ -194,17 +178,7 @@ class DhcpDriver:
         return planner.diff(self.netns_prefix, self.state_dir, _by_id(desired), actual)
 
     async def apply(self, plan: Plan) -> None:
-        failures: list[tuple[Change, BaseException]] = []
-        for change in plan:
-            if not isinstance(change, DhcpChange):
-                raise TypeError(f"not a DHCP change: {change!r}")
-            try:
-                await change.apply(self)
-            except Exception as exc:
-                log.warning("change failed: %s: %r", change, exc)
-                failures.append((change, exc))
-        if failures:
-            raise ApplyError(failures)
+        await apply_in_order(plan, self, DhcpChange, "a DHCP", log)
 
     async def sync(
         self,
@@ -217,13 +191,7 @@ class DhcpDriver:
         networks = _by_id(desired)
         async with self._lock:
             self._desired = networks
-            plan = self.diff(networks, await self.read_actual())
-            if not remove_stale:
-                plan = plan.without_stale_removals()
-            if plan:
-                log.debug("applying %d change(s): %s", len(plan), plan.describe())
-                await self.apply(plan)
-            return plan
+            return await converge(self, networks, remove_stale=remove_stale, logger=log)
 
     def dead_networks(self) -> list[str]:
         """Desired networks whose dnsmasq is not running with the desired command line."""
@@ -258,15 +226,4 @@ class DhcpDriver:
 def _by_id(
     desired: Mapping[str, DhcpNetworkSpec] | Iterable[DhcpNetworkSpec],
 ) -> dict[str, DhcpNetworkSpec]:
-    if isinstance(desired, Mapping):
-        out = dict(desired)
-        for key, spec in out.items():
-            if key != spec.network_id:
-                raise ValueError(f"networks[{key!r}] holds network {spec.network_id!r}")
-        return out
-    out = {}
-    for spec in desired:
-        if spec.network_id in out:
-            raise ValueError(f"network {spec.network_id} listed twice")
-        out[spec.network_id] = spec
-    return out
+    return specs_by_id(desired, lambda spec: spec.network_id, "network")

@@ -3,26 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from drivers import nsdev
-from drivers.netlink import delete_link, netns_exists
+from drivers.changes_common import (
+    DeleteServiceDevice,
+    EnsureServicePort,
+    NamespaceHost,
+    SetServiceAddresses,
+    delete_service_namespace,
+)
 
 
-class RouterHost(Protocol):
+class RouterHost(NamespaceHost, Protocol):
     """What changes run against (implemented by the driver)."""
 
-    @property
-    def node_ipr(self) -> Any: ...
-
-    @property
-    def node_netns(self) -> str | None: ...
-
-    async def ipr(self, ns: str) -> Any: ...
-
     async def nft(self, ns: str, script: str) -> str: ...
-
-    async def forget(self, ns: str) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,14 +37,8 @@ class EnsureRouterNamespace:
         await nsdev.enable_ip_forwarding(self.namespace)
 
 
-@dataclass(frozen=True, slots=True)
-class EnsureRouterPort:
-    namespace: str
-    port: nsdev.VethPort
-
-    @property
-    def removes_stale(self) -> bool:
-        return False
+class EnsureRouterPort(EnsureServicePort):
+    __slots__ = ()
 
     def __str__(self) -> str:
         p = self.port
@@ -58,49 +48,15 @@ class EnsureRouterPort:
             f" <-> {p.tap} in {p.bridge}"
         )
 
-    async def apply(self, host: RouterHost) -> None:
-        inner = await host.ipr(self.namespace)
-        await nsdev.ensure_veth_port(
-            host.node_ipr, host.node_netns, inner, self.namespace, self.port
-        )
 
-
-@dataclass(frozen=True, slots=True)
-class DeleteRouterPort:
+class DeleteRouterPort(DeleteServiceDevice):
     """A port the router no longer has: deleting the inner end deletes the tap too."""
 
-    namespace: str
-    device: str
-
-    @property
-    def removes_stale(self) -> bool:
-        return False
-
-    def __str__(self) -> str:
-        return f"delete {self.device} in {self.namespace}"
-
-    async def apply(self, host: RouterHost) -> None:
-        await delete_link(await host.ipr(self.namespace), self.device)
+    __slots__ = ()
 
 
-@dataclass(frozen=True, slots=True)
-class SetAddresses:
-    namespace: str
-    device: str
-    add: tuple[str, ...]
-    remove: tuple[str, ...]
-
-    @property
-    def removes_stale(self) -> bool:
-        return False
-
-    def __str__(self) -> str:
-        return f"addresses of {self.device} in {self.namespace}: +{self.add} -{self.remove}"
-
-    async def apply(self, host: RouterHost) -> None:
-        await nsdev.set_addresses(
-            await host.ipr(self.namespace), self.device, self.add, self.remove
-        )
+class SetAddresses(SetServiceAddresses):
+    __slots__ = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,10 +166,7 @@ class DeleteRouter:
         return f"delete router namespace {self.namespace}"
 
     async def apply(self, host: RouterHost) -> None:
-        if netns_exists(self.namespace):
-            await nsdev.purge_links(await host.ipr(self.namespace))
-        await host.forget(self.namespace)
-        await nsdev.delete_namespace(self.namespace)
+        await delete_service_namespace(host, self.namespace)
 
 
 L3Change = (

@@ -10,28 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from drivers import nsdev
-from drivers.base import ApplyError, Change, Plan
+from drivers.base import Plan, apply_in_order, converge
 from drivers.firewall.nft import NftError, NftExecutor, make_executor
 from drivers.l3 import nat, planner
 from drivers.l3.actual import L3Actual, RouterActual
 from drivers.l3.changes import L3Change
 from drivers.l3.model import RouterSpec
 from drivers.l3.naming import TAP_PREFIX, namespace_name, router_id_of
-from drivers.netlink import dump_links, netns_exists, netns_path, open_iproute
+from drivers.model import specs_by_id
+from drivers.netlink import dump_links, netns_exists, open_iproute
 
 log = logging.getLogger(__name__)
-
-
-def _ns_inode(ns: str) -> int | None:
-    try:
-        return os.stat(netns_path(ns)).st_ino
-    except FileNotFoundError:
-        return None
 
 
 class L3Driver:
@@ -47,8 +40,8 @@ class L3Driver:
         self.node_netns = node_netns
         self._nft_library = nft_library
         self._node_ipr: Any = None
-        # ns -> (inode of /run/netns/ns when opened, socket / nft executor)
-        self._iprs: dict[str, tuple[int, Any]] = {}
+        self._iprs = nsdev.NamespaceSockets()
+        # ns -> (inode of /run/netns/ns when opened, nft executor)
         self._nfts: dict[str, tuple[int, NftExecutor]] = {}
         self._lock = asyncio.Lock()
 
@@ -80,18 +73,10 @@ class L3Driver:
 
     async def ipr(self, ns: str) -> Any:
         """A long-lived socket in `ns`, reopened if the namespace was recreated."""
-        inode = _ns_inode(ns)
-        cached = self._iprs.get(ns)
-        if cached is not None and cached[0] == inode:
-            return cached[1]
-        if cached is not None:
-            cached[1].close()
-        ipr = open_iproute(ns)
-        self._iprs[ns] = (inode or 0, ipr)
-        return ipr
+        return self._iprs.get(ns)
 
     async def nft(self, ns: str, script: str, *, json: bool = False) -> str:
-        inode = _ns_inode(ns)
+        inode = nsdev.namespace_inode(ns)
         cached = self._nfts.get(ns)
         if cached is None or cached[0] != inode:
             if cached is not None:
@@ -103,9 +88,7 @@ class L3Driver:
         return await executor.run(script, json=json)
 
     async def forget(self, ns: str) -> None:
-        cached = self._iprs.pop(ns, None)
-        if cached is not None:
-            cached[1].close()
+        self._iprs.close(ns)
         executor = self._nfts.pop(ns, None)
         if executor is not None:
             try:
@@ -164,22 +147,21 @@ class L3Driver:
     async def apply(self, plan: Plan) -> None:
         """Apply every change in order; failures are collected and raised together. A
         change of a router whose namespace could not be made is skipped (it would fail)."""
-        failures: list[tuple[Change, BaseException]] = []
         failed_ns: set[str] = set()
-        for change in plan:
-            if not isinstance(change, L3Change):
-                raise TypeError(f"not an L3 change: {change!r}")
-            if change.namespace in failed_ns:
-                continue
-            try:
-                await change.apply(self)
-            except Exception as exc:
-                log.warning("change failed: %s: %r", change, exc)
-                failures.append((change, exc))
-                if not netns_exists(change.namespace):
-                    failed_ns.add(change.namespace)
-        if failures:
-            raise ApplyError(failures)
+
+        def failed(change: L3Change) -> None:
+            if not netns_exists(change.namespace):
+                failed_ns.add(change.namespace)
+
+        await apply_in_order(
+            plan,
+            self,
+            L3Change,
+            "an L3",
+            log,
+            skip=lambda change: change.namespace in failed_ns,
+            failed=failed,
+        )
 
     async def sync(
         self, desired: Mapping[str, RouterSpec] | Iterable[RouterSpec], *, remove_stale: bool
@@ -189,25 +171,8 @@ class L3Driver:
         remove_stale=False keeps routers the desired state does not mention (an agent
         that just restarted and does not know all its routers yet)."""
         async with self._lock:
-            plan = self.diff(desired, await self.read_actual())
-            if not remove_stale:
-                plan = plan.without_stale_removals()
-            if plan:
-                log.debug("applying %d change(s): %s", len(plan), plan.describe())
-                await self.apply(plan)
-            return plan
+            return await converge(self, desired, remove_stale=remove_stale, logger=log)
 
 
 def _by_id(desired: Mapping[str, RouterSpec] | Iterable[RouterSpec]) -> dict[str, RouterSpec]:
-    if isinstance(desired, Mapping):
-        out = dict(desired)
-        for key, spec in out.items():
-            if key != spec.id:
-                raise ValueError(f"routers[{key!r}] holds router {spec.id!r}")
-        return out
-    out = {}
-    for spec in desired:
-        if spec.id in out:
-            raise ValueError(f"router {spec.id} listed twice")
-        out[spec.id] = spec
-    return out
+    return specs_by_id(desired, lambda spec: spec.id, "router")

@@ -42,6 +42,13 @@ async def _create(ipr: Any, **attrs: Any) -> None:
             raise
 
 
+async def _join_bridge(host: HostHandle, name: str, mtu: int, bridge: str) -> None:
+    """An uplink device (VXLAN, VLAN): IPv6 off, the network's MTU, in the bridge, up."""
+    await sysctl.disable_ipv6(host.netns, [name])
+    master = await link_index(host.ipr, bridge)
+    await host.ipr.link("set", ifname=name, mtu=mtu, master=master, state="up")
+
+
 @dataclass(frozen=True, slots=True)
 class EnsureBridge:
     name: str
@@ -103,9 +110,7 @@ class EnsureVxlan:
                 vxlan_learning=0,
                 mtu=self.mtu,
             )
-        await sysctl.disable_ipv6(host.netns, [self.name])
-        master = await link_index(host.ipr, self.bridge)
-        await host.ipr.link("set", ifname=self.name, mtu=self.mtu, master=master, state="up")
+        await _join_bridge(host, self.name, self.mtu, self.bridge)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,9 +136,7 @@ class EnsureVlan:
             await _create(
                 host.ipr, ifname=self.name, kind="vlan", link=parent, vlan_id=self.vlan_id
             )
-        await sysctl.disable_ipv6(host.netns, [self.name])
-        master = await link_index(host.ipr, self.bridge)
-        await host.ipr.link("set", ifname=self.name, mtu=self.mtu, master=master, state="up")
+        await _join_bridge(host, self.name, self.mtu, self.bridge)
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,16 +6,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from drivers.base import ApplyError, Change, DriverBase, MechanismDriver, Plan
+from drivers.base import DriverBase, MechanismDriver, Plan, apply_in_order
 from drivers.linuxbridge import planner
 from drivers.linuxbridge.actual import ActualState, read_actual_state
 from drivers.linuxbridge.changes import HostHandle, LinuxBridgeChange
 from drivers.linuxbridge.config import VXLAN_DEFAULT_PORT, LinuxBridgeConfig
 from drivers.model import HostState, PortStatus
-from drivers.netlink import PROBE_BOGUS_IFINDEX, open_iproute, probe_link_kind
+from drivers.netlink import PROBE_BOGUS_IFINDEX, probe_link_kind
 
 log = logging.getLogger(__name__)
 
@@ -39,34 +38,16 @@ class LinuxBridgeDriver(DriverBase[ActualState]):
             tunnel_ip=tunnel_ip,
             vxlan_port=vxlan_port,
         )
-        self._ipr: Any = None
-        self._supported: frozenset[str] | None = None
-        self._unsupported: dict[str, str] = {}
 
     # -- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
         """Open the netlink socket of the managed namespace and probe the kernel."""
-        if self._ipr is None:
-            self._ipr = open_iproute(self.config.netns)
+        self._open_ipr(self.config.netns)
         await self._probe()
 
     async def close(self) -> None:
-        if self._ipr is not None:
-            self._ipr.close()
-            self._ipr = None
-
-    async def __aenter__(self) -> LinuxBridgeDriver:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
+        self._close_ipr()
 
     async def _probe(self) -> None:
         ipr = self._require_ipr()
@@ -104,22 +85,6 @@ class LinuxBridgeDriver(DriverBase[ActualState]):
             unsupported,
         )
 
-    def _require_ipr(self) -> Any:
-        if self._ipr is None:
-            raise RuntimeError("LinuxBridgeDriver: call start() first")
-        return self._ipr
-
-    # -- capabilities ------------------------------------------------------------------
-
-    def supported_network_types(self) -> frozenset[str]:
-        if self._supported is None:
-            raise RuntimeError("LinuxBridgeDriver: call start() first")
-        return self._supported
-
-    def unsupported_network_types(self) -> dict[str, str]:
-        """network type -> why this host cannot carry it (after start())."""
-        return dict(self._unsupported)
-
     # -- the converge loop ---------------------------------------------------------------
 
     async def read_actual(self) -> ActualState:
@@ -131,17 +96,7 @@ class LinuxBridgeDriver(DriverBase[ActualState]):
     async def apply(self, plan: Plan) -> None:
         """Apply every change in order; failures are collected and raised together."""
         host = HostHandle(self._require_ipr(), self.config.netns)
-        failures: list[tuple[Change, BaseException]] = []
-        for change in plan:
-            if not isinstance(change, LinuxBridgeChange):
-                raise TypeError(f"not a Linux bridge change: {change!r}")
-            try:
-                await change.apply(host)
-            except Exception as exc:
-                log.warning("change failed: %s: %r", change, exc)
-                failures.append((change, exc))
-        if failures:
-            raise ApplyError(failures)
+        await apply_in_order(plan, host, LinuxBridgeChange, "a Linux bridge", log)
 
     def statuses(self, desired: HostState, actual: ActualState) -> list[PortStatus]:
         return planner.statuses(desired, actual, self.config, self.supported_network_types())

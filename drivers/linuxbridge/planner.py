@@ -7,7 +7,6 @@ VLAN sub-interface or physical NIC), then ports; stale removals (flagged
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -28,15 +27,20 @@ from drivers.linuxbridge.changes import (
 from drivers.linuxbridge.config import LinuxBridgeConfig
 from drivers.linuxbridge.naming import (
     BRIDGE_PREFIX,
-    OWNED_ALIAS_PREFIX,
     TAP_PREFIX,
     VXLAN_PREFIX,
     bridge_name,
-    port_device_name,
     vlan_name,
     vxlan_name,
 )
-from drivers.model import HostState, NetworkSpec, PortStatus
+from drivers.model import (
+    HostState,
+    NetworkSpec,
+    PortStatus,
+    is_owned_device,
+    remote_vteps_of,
+    unicast_targets,
+)
 from drivers.netlink import ZERO_MAC, FdbEntry, Link, VxlanAttrs
 
 MAX_VNI = 2**24 - 1
@@ -129,15 +133,6 @@ def _needs_ensure(actual: ActualState, link: Link | None, bridge: str | None, mt
     return link.mtu != mtu or not link.up or not actual.ipv6_off.get(link.name, False)
 
 
-def _unicast_targets(vteps: Mapping[str, frozenset[str]]) -> dict[str, str]:
-    """MAC -> VTEP; a MAC listed behind several VTEPs (mid-move) goes to the lowest IP."""
-    out: dict[str, str] = {}
-    for ip in sorted(vteps, key=ipaddress.ip_address, reverse=True):
-        for mac in vteps[ip]:
-            out[mac] = ip
-    return out
-
-
 def _vxlan_changes(
     wiring: Wiring, desired: HostState, actual: ActualState, config: LinuxBridgeConfig
 ) -> list[Change]:
@@ -159,10 +154,9 @@ def _vxlan_changes(
         changes.append(
             EnsureVxlan(name, vni, config.tunnel_ip, config.vxlan_port, net.mtu, wiring.bridge)
         )
-    remote = desired.remote_vteps.get(net.id, {})
-    vteps = {ip: macs for ip, macs in remote.items() if ip != config.tunnel_ip}
+    vteps = remote_vteps_of(desired, net.id, config.tunnel_ip)
     flood = {FdbEntry(ZERO_MAC, ip) for ip in vteps}
-    unicast = {FdbEntry(mac, ip) for mac, ip in _unicast_targets(vteps).items()}
+    unicast = {FdbEntry(mac, ip) for mac, ip in unicast_targets(vteps).items()}
     changes.extend(AddFloodEntry(name, e.dst) for e in sorted(flood - present))
     changes.extend(SetMacEntry(name, e.mac, e.dst) for e in sorted(unicast - present))
     changes.extend(DeleteFdbEntry(name, e.mac, e.dst) for e in sorted(present - flood - unicast))
@@ -188,13 +182,6 @@ def _vlan_changes(wiring: Wiring, actual: ActualState, config: LinuxBridgeConfig
     return changes
 
 
-def _is_owned(link: Link) -> bool:
-    alias = link.alias or ""
-    return alias.startswith(OWNED_ALIAS_PREFIX) and (
-        port_device_name(alias[len(OWNED_ALIAS_PREFIX) :]) == link.name
-    )
-
-
 def _stale_changes(desired: HostState, actual: ActualState, lay: Layout) -> list[Change]:
     port_devices = {p.device_name for p in desired.ports.values()}
     bridges = {w.bridge for w in lay.wirings.values()}
@@ -207,7 +194,7 @@ def _stale_changes(desired: HostState, actual: ActualState, lay: Layout) -> list
         in_managed_bridge = master is not None and actual.is_managed_bridge(master)
         if link.name.startswith(TAP_PREFIX) and in_managed_bridge:
             if link.name not in port_devices:
-                unwire.append(UnwirePort(link.name, delete=_is_owned(link)))
+                unwire.append(UnwirePort(link.name, delete=is_owned_device(link.name, link.alias)))
         elif link.kind == "vxlan" and link.name.startswith(VXLAN_PREFIX):
             if link.name not in uplinks:
                 devices.append(DeleteLink(link.name, stale=True))

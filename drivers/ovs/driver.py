@@ -55,12 +55,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping, Sequence
-from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from drivers.base import ApplyError, Change, DriverBase, MechanismDriver, Plan
 from drivers.model import HostState, PortStatus
-from drivers.netlink import dump_links, open_iproute
+from drivers.netlink import dump_links
 from drivers.ovs import planner
 from drivers.ovs.actual import ActualState, OvsdbSnapshot
 from drivers.ovs.changes import DeleteDevice, DeleteFlows, OvsdbChange, SetFlows
@@ -103,37 +102,19 @@ class OvsDriver(DriverBase[ActualState]):
             timeout=timeout,
         )
         self._ovsdb = Ovsdb(ovsdb, timeout)
-        self._ipr: Any = None
-        self._supported: frozenset[str] | None = None
-        self._unsupported: dict[str, str] = {}
 
     # -- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
         """Connect to OVSDB (initial dump of the replica) and probe what the host has."""
-        if self._ipr is None:
-            self._ipr = open_iproute(self.config.netns)
+        self._open_ipr(self.config.netns)
         # Blocking (ovsdbapp connects and waits for the initial dump): in a thread.
         await asyncio.to_thread(self._ovsdb.connect)
         await self._probe()
 
     async def close(self) -> None:
         await asyncio.to_thread(self._ovsdb.disconnect)
-        if self._ipr is not None:
-            self._ipr.close()
-            self._ipr = None
-
-    async def __aenter__(self) -> OvsDriver:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
+        self._close_ipr()
 
     async def _probe(self) -> None:
         cfg = self.config
@@ -189,22 +170,6 @@ class OvsDriver(DriverBase[ActualState]):
                 " (userspace tunnels only route out through an OVS bridge)"
             )
         return None
-
-    def _require_ipr(self) -> Any:
-        if self._ipr is None:
-            raise RuntimeError("OvsDriver: call start() first")
-        return self._ipr
-
-    # -- capabilities ------------------------------------------------------------------
-
-    def supported_network_types(self) -> frozenset[str]:
-        if self._supported is None:
-            raise RuntimeError("OvsDriver: call start() first")
-        return self._supported
-
-    def unsupported_network_types(self) -> dict[str, str]:
-        """network type -> why this host cannot carry it (after start())."""
-        return dict(self._unsupported)
 
     # -- the converge loop ---------------------------------------------------------------
 

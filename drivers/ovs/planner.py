@@ -13,8 +13,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from drivers.base import Change, Plan
-from drivers.model import OWNED_ALIAS_PREFIX, HostState, NetworkSpec, PortStatus
-from drivers.netlink import Link
+from drivers.model import (
+    HostState,
+    NetworkSpec,
+    PortStatus,
+    is_owned_device,
+    remote_vteps_of,
+    unicast_targets,
+)
 from drivers.ovs.actual import ActualState, OvsPort
 from drivers.ovs.changes import (
     IFACE_KEYS,
@@ -161,20 +167,6 @@ def allocate_local_vlans(
     return out
 
 
-def _unicast_targets(vteps: Mapping[str, frozenset[str]]) -> dict[str, str]:
-    """MAC -> VTEP; a MAC listed behind several VTEPs (mid-move) goes to the lowest IP."""
-    out: dict[str, str] = {}
-    for ip in sorted(vteps, key=ipaddress.ip_address, reverse=True):
-        for mac in vteps[ip]:
-            out[mac] = ip
-    return out
-
-
-def _remote_vteps(desired: HostState, net_id: str, config: OvsConfig) -> dict[str, frozenset[str]]:
-    remote = desired.remote_vteps.get(net_id, {})
-    return {ip: macs for ip, macs in remote.items() if ip != config.tunnel_ip}
-
-
 def layout(
     desired: HostState, actual: ActualState, config: OvsConfig, supported: frozenset[str]
 ) -> Layout:
@@ -210,7 +202,9 @@ def layout(
         tunnels: tuple[str, ...] = ()
         if net.network_type in TUNNEL_TYPES:
             names = []
-            for ip in sorted(_remote_vteps(desired, net.id, config), key=ipaddress.ip_address):
+            for ip in sorted(
+                remote_vteps_of(desired, net.id, config.tunnel_ip), key=ipaddress.ip_address
+            ):
                 name = tunnel_port_name(net.network_type, ip)
                 lay.tunnels[name] = (net.network_type, ip)
                 names.append(name)
@@ -299,8 +293,8 @@ def _network_groups(desired: HostState, w: Wiring, config: OvsConfig) -> list[Fl
             flows.append(
                 flow(TUN_FROM_INT, 1, f"dl_vlan={w.tag}", actions=f"pop_vlan,{tun_id},{outputs}")
             )
-        vteps = _remote_vteps(desired, net.id, config)
-        for mac, ip in sorted(_unicast_targets(vteps).items()):
+        vteps = remote_vteps_of(desired, net.id, config.tunnel_ip)
+        for mac, ip in sorted(unicast_targets(vteps).items()):
             flows.append(
                 flow(
                     TUN_FROM_INT,
@@ -389,13 +383,6 @@ def _is_our_port(port: OvsPort) -> bool:
     return "net_uuid" in port.other_config or "iface-id" in port.external_ids
 
 
-def _is_owned(link: Link) -> bool:
-    alias = link.alias or ""
-    return alias.startswith(OWNED_ALIAS_PREFIX) and (
-        port_device_name(alias[len(OWNED_ALIAS_PREFIX) :]) == link.name
-    )
-
-
 def _bridge_changes(lay: Layout, actual: ActualState, config: OvsConfig) -> list[Change]:
     changes: list[Change] = []
     own = [config.integration_bridge]
@@ -469,7 +456,7 @@ def diff(
         if _is_our_port(port) and port.name not in desired_devices:
             changes.append(RemovePort(br_int, port.name))
             link = actual.links.get(port.name)
-            if link is not None and _is_owned(link):
+            if link is not None and is_owned_device(link.name, link.alias):
                 stale_devices.append(DeleteDevice(port.name))
     for port in sorted(actual.ports_on(br_tun), key=lambda p: p.name):
         if port.iface_type in TUNNEL_TYPES and port.name not in lay.tunnels:

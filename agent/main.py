@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import importlib.metadata
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -24,18 +25,24 @@ from typing import Any
 import grpc
 
 from agent.firewall import FIREWALLS, NftablesFirewall
+from agent.linkwatch import watch_links
+from agent.services import Services
 from agent.state import DesiredState
 from baryon.v1 import agent_pb2, agent_pb2_grpc
+from controller.config import default_state_dir
 from drivers.base import ApplyError, MechanismDriver
+from drivers.dhcp import DhcpDriver
+from drivers.l3 import L3Driver
 from drivers.linuxbridge import LinuxBridgeDriver
 from drivers.model import PortStatus
+from drivers.netlink import avoid_forking_for_netns_sockets
 
 log = logging.getLogger("baryon.agent")
 
 MECHANISMS = ("linuxbridge", "openvswitch")
 AGENT_TYPES = {"linuxbridge": "Linux bridge agent", "openvswitch": "Open vSwitch agent"}
 SERVICES = ("l2", "dhcp", "l3")
-IMPLEMENTED_SERVICES = frozenset({"l2"})
+IMPLEMENTED_SERVICES = frozenset({"l2", "dhcp", "l3"})
 # See the platform notes: ping_timeout decides when a dead peer is dropped; pings must
 # not stop on an idle stream; the server accepts pings every 5 s.
 CHANNEL_OPTIONS = [
@@ -99,7 +106,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         type=_mappings,
         default={},
         metavar="PHYSNET:DEV[,...]",
-        help="linuxbridge: physical network -> NIC; openvswitch: -> OVS bridge",
+        help="linuxbridge: physical network -> NIC",
+    )
+    p.add_argument(
+        "--bridge-mappings",
+        type=_mappings,
+        default={},
+        metavar="PHYSNET:BRIDGE[,...]",
+        help="openvswitch: physical network -> existing OVS bridge holding the NIC",
     )
     p.add_argument("--services", type=_services, default=["l2"], metavar="l2[,dhcp,l3]")
     p.add_argument("--netns", default=None, help="the namespace this agent manages as its host")
@@ -108,7 +122,17 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--firewall",
         choices=FIREWALLS,
         default="none",
-        help="security groups: nftables (linuxbridge only) or none (default)",
+        help="security groups: nftables or none (default)",
+    )
+    p.add_argument(
+        "--netns-prefix",
+        default=None,
+        help="prefix of the router/DHCP namespaces this agent creates (default: HOST-)",
+    )
+    p.add_argument(
+        "--state-dir",
+        default=None,
+        help="DHCP state (default: $BARYON_STATE_DIR or /var/lib/baryon, + agent-HOST/dhcp)",
     )
     p.add_argument("--poll-interval", type=float, default=1.0, metavar="SECONDS")
     p.add_argument("--log-level", default="INFO")
@@ -124,11 +148,17 @@ def _version() -> str:
 
 class NodeAgent:
     def __init__(
-        self, args: argparse.Namespace, driver: Driver, firewall: NftablesFirewall | None = None
+        self,
+        args: argparse.Namespace,
+        driver: Driver,
+        firewall: NftablesFirewall | None = None,
+        services: Services | None = None,
     ) -> None:
         self.args = args
         self.driver = driver
         self.firewall = firewall
+        self.service_drivers = services
+        self.service_report: agent_pb2.ServiceStatusReport | None = None
         self.addresses = [a.strip() for a in args.controller.split(",") if a.strip()]
         self.state = DesiredState()
         self.dirty = asyncio.Event()
@@ -145,7 +175,7 @@ class NodeAgent:
                 agent_type=AGENT_TYPES[self.args.mechanism],
                 mechanism=self.args.mechanism,
                 supported_network_types=sorted(self.driver.supported_network_types()),
-                physical_network_mappings=self.args.physical_interface_mappings,
+                physical_network_mappings=physnet_mappings(self.args),
                 tunnel_ip=self.args.tunnel_ip or "",
                 last_revision=self.state.revision if self.state.complete else 0,
                 version=_version(),
@@ -155,12 +185,17 @@ class NodeAgent:
 
     async def run(self) -> None:
         converge = asyncio.create_task(self.converge_loop())
+        # A workload plugged after its port's Delta: converge now, not at the next poll.
+        links = asyncio.create_task(watch_links(self.args.netns, self.dirty.set))
         try:
             await self.connect_loop()
         finally:
             converge.cancel()
+            links.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await converge
+            with contextlib.suppress(asyncio.CancelledError):
+                await links
 
     # -- controller connection
     async def connect_loop(self) -> None:
@@ -201,6 +236,7 @@ class NodeAgent:
                     raise
                 self.acked = 0
                 self.reported.clear()
+                self.service_report = None
                 self.call = call
                 log.info("connected to %s (had revision %d)", address, self.state.revision)
                 while True:
@@ -269,6 +305,16 @@ class NodeAgent:
         if self.firewall is not None:
             await self.firewall.after_l2(desired)
         await self.report(revision, statuses)
+        if self.service_drivers is not None:
+            result = await self.service_drivers.converge(
+                dict(self.state.routers), dict(self.state.dhcp_networks)
+            )
+            if result.changed:
+                # New router / DHCP taps: let the L2 driver wire them at once.
+                self.dirty.set()
+            if self.call is not None and result.report != self.service_report:
+                await self.send(agent_pb2.AgentMessage(service_status=result.report))
+                self.service_report = result.report
 
     async def report(self, revision: int, statuses: list[PortStatus]) -> None:
         if self.call is None:
@@ -292,9 +338,37 @@ class NodeAgent:
             self.acked = revision
 
 
+def make_services(args: argparse.Namespace) -> Services | None:
+    """The L3 / DHCP service drivers --services asks for (linuxbridge only)."""
+    wanted = {"l3", "dhcp"} & set(args.services)
+    if not wanted:
+        return None
+    if args.mechanism != "linuxbridge":
+        raise UsageError("the dhcp and l3 services work with the linuxbridge mechanism only")
+    prefix = args.netns_prefix if args.netns_prefix is not None else f"{args.host}-"
+    l3 = L3Driver(prefix, args.netns) if "l3" in wanted else None
+    dhcp = None
+    if "dhcp" in wanted:
+        state = args.state_dir or os.path.join(str(default_state_dir()), f"agent-{args.host}")
+        dhcp_dir = os.path.join(state, "dhcp")
+        os.makedirs(dhcp_dir, exist_ok=True)
+        dhcp = DhcpDriver(prefix, args.netns, dhcp_dir)
+    return Services(l3, dhcp)
+
+
+def physnet_mappings(args: argparse.Namespace) -> dict[str, str]:
+    """Physical network -> NIC (linuxbridge) or OVS bridge (openvswitch)."""
+    if args.mechanism == "openvswitch":
+        # --physical-interface-mappings is accepted for OVS too, as bridge names.
+        return dict(args.bridge_mappings or args.physical_interface_mappings)
+    return dict(args.physical_interface_mappings)
+
+
 def make_driver(args: argparse.Namespace) -> Driver:
     """The mechanism driver for --mechanism; raises UsageError when it cannot be made."""
     if args.mechanism == "linuxbridge":
+        if args.bridge_mappings:
+            raise UsageError("--bridge-mappings is for --mechanism openvswitch")
         return LinuxBridgeDriver(
             netns=args.netns,
             physical_interface_mappings=args.physical_interface_mappings,
@@ -309,28 +383,35 @@ def make_driver(args: argparse.Namespace) -> Driver:
     driver: Driver = OvsDriver(
         netns=args.netns,
         ovsdb=args.ovsdb,
-        bridge_mappings=args.physical_interface_mappings,
+        bridge_mappings=physnet_mappings(args),
         tunnel_ip=args.tunnel_ip,
+        # Security groups on OVS need Neutron's hybrid plug: a per-port Linux bridge
+        # where the nftables firewall sees the port's traffic.
+        hybrid_plug=args.firewall == "nftables",
     )
     return driver
 
 
 async def run(args: argparse.Namespace) -> int:
+    avoid_forking_for_netns_sockets()
     for s in args.services:
         if s not in IMPLEMENTED_SERVICES:
             log.warning("service %s is not implemented yet; running without it", s)
     try:
         driver = make_driver(args)
-        if args.firewall == "nftables" and args.mechanism != "linuxbridge":
-            raise UsageError("--firewall nftables works with the linuxbridge mechanism only")
+        services = make_services(args)
     except UsageError as err:
         print(f"baryon agent: {err}", file=sys.stderr)
         return 2
     await driver.start()
-    firewall = NftablesFirewall(args.netns) if args.firewall == "nftables" else None
+    firewall = (
+        NftablesFirewall.for_driver(args.netns, driver) if args.firewall == "nftables" else None
+    )
     if firewall is not None:
         await firewall.start()
-    agent = NodeAgent(args, driver, firewall)
+    if services is not None:
+        await services.start()
+    agent = NodeAgent(args, driver, firewall, services)
     task = asyncio.create_task(agent.run())
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -345,6 +426,8 @@ async def run(args: argparse.Namespace) -> int:
     finally:
         if firewall is not None:
             await firewall.close()
+        if services is not None:
+            await services.close()
         await driver.close()
     return 0
 

@@ -66,6 +66,9 @@ class DesiredState:
         self.vteps: dict[VtepKey, frozenset[str]] = {}
         self.security_groups: dict[str, SecurityGroupSpec] = {}
         self.sg_members: dict[str, frozenset[str]] = {}
+        # L3 / DHCP services: the controller's specs, converted when converging.
+        self.routers: dict[str, agent_pb2.HostRouter] = {}
+        self.dhcp_networks: dict[str, agent_pb2.HostDhcpNetwork] = {}
         self._cached: HostState | None = None
 
     def apply_snapshot(self, snap: agent_pb2.Snapshot) -> None:
@@ -81,6 +84,8 @@ class DesiredState:
         self._upsert_groups(snap.state.security_groups)
         for m in snap.state.security_group_members:
             self.sg_members[m.security_group_id] = frozenset(m.addresses)
+        self.routers = {r.id: r for r in snap.state.routers}
+        self.dhcp_networks = {d.network_id: d for d in snap.state.dhcp_networks}
         self.revision = snap.revision
         self.complete = True
         self._cached = None
@@ -108,6 +113,17 @@ class DesiredState:
             self.sg_members.pop(group_id, None)
         for m in delta.upsert_security_group_members:
             self.sg_members[m.security_group_id] = frozenset(m.addresses)
+        if delta.replace_services:
+            self.routers.clear()
+            self.dhcp_networks.clear()
+        for router_id in delta.delete_routers:
+            self.routers.pop(router_id, None)
+        for r in delta.upsert_routers:
+            self.routers[r.id] = r
+        for net_id in delta.delete_dhcp_networks:
+            self.dhcp_networks.pop(net_id, None)
+        for d in delta.upsert_dhcp_networks:
+            self.dhcp_networks[d.network_id] = d
         self.revision = max(self.revision, delta.revision)
         self._cached = None
 

@@ -51,6 +51,10 @@ class Config:
     agent_lease_ttl: int = 5
     agent_queue_size: int = 256
     agent_ring_size: int = 4096
+    # Scheduling (controller.scheduler): DHCP agents per DHCP-enabled network, and
+    # the TTL of the scheduling leader's lease (a dead leader is replaced after it).
+    dhcp_agents_per_network: int = 1
+    leader_lease_ttl: int = 5
 
     def quota(self, project_id: str, resource: str) -> int:
         override = self.per_project_quotas.get(project_id, {})

@@ -15,10 +15,12 @@ from __future__ import annotations
 from collections.abc import Hashable, Iterator
 
 from controller.model import (
+    DhcpBinding,
     FloatingIP,
     Network,
     Port,
     Resource,
+    RouterBinding,
     SecurityGroup,
     SecurityGroupRule,
     Subnet,
@@ -69,6 +71,9 @@ def index_keys(obj: Resource) -> Iterator[tuple[str, bool]]:
             yield f"fipassoc/{key}", True
         if obj.router_id:
             yield f"fiprtr/{obj.router_id}/{obj.id}", False
+    elif isinstance(obj, DhcpBinding):
+        # An agent serves a network at most once.
+        yield f"dhcpagent/{obj.network_id}/{obj.agent_id}", True
 
 
 def segment_of(net: Network) -> tuple[str, str, int] | None:
@@ -118,3 +123,8 @@ def relations(obj: Resource) -> Iterator[tuple[str, Hashable]]:
             yield "fip_assoc", (obj.port_id, obj.fixed_ip_address, obj.floating_network_id)
         if obj.router_id:
             yield "fip_router", obj.router_id
+    elif isinstance(obj, RouterBinding):
+        yield "host_routers", obj.host
+    elif isinstance(obj, DhcpBinding):
+        yield "host_dhcp", obj.host
+        yield "net_dhcp", obj.network_id

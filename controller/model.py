@@ -172,6 +172,41 @@ class FloatingIP(Resource):
     status: str = "DOWN"
 
 
+@dataclass(slots=True)
+class RouterBinding(Resource):
+    """The L3 agent a router is scheduled to (id = the router's id); written by the
+    scheduling leader only (controller.scheduler)."""
+
+    KIND: ClassVar[str] = "router_binding"
+
+    router_id: str = ""
+    agent_id: str = ""
+    host: str = ""
+
+
+@dataclass(slots=True)
+class DhcpBinding(Resource):
+    """One DHCP agent slot of a network (id = "<network id>.<slot>"), with the DHCP
+    port it serves from; written by the scheduling leader only."""
+
+    KIND: ClassVar[str] = "dhcp_binding"
+
+    network_id: str = ""
+    slot: int = 0
+    agent_id: str = ""
+    host: str = ""
+    port_id: str = ""
+
+
+@dataclass(slots=True)
+class Leader(Resource):
+    """The scheduling leader (id "scheduler"); attached to the holder's etcd lease."""
+
+    KIND: ClassVar[str] = "leader"
+
+    holder: str = ""
+
+
 R = TypeVar("R", bound=Resource)
 
 KINDS: dict[str, type[Resource]] = {
@@ -186,6 +221,9 @@ KINDS: dict[str, type[Resource]] = {
         AgentLiveness,
         Router,
         FloatingIP,
+        RouterBinding,
+        DhcpBinding,
+        Leader,
     )
 }
 

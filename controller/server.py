@@ -19,6 +19,7 @@ from controller.auth import TokenTable
 from controller.config import Config, default_state_dir, load_config
 from controller.etcd.client import EtcdClient
 from controller.etcd.embedded import EmbeddedEtcd, EtcdNotInstalled
+from controller.scheduler import Scheduler
 from controller.services.floating_ips import FloatingIPService
 from controller.services.networks import NetworkService
 from controller.services.ports import PortService
@@ -74,6 +75,7 @@ class Controller:
         self.store: Store | None = None
         self.server: grpc.aio.Server | None = None
         self.agents: AgentService | None = None
+        self.scheduler: Scheduler | None = None
         self.port = 0
 
     async def start(self) -> None:
@@ -98,6 +100,8 @@ class Controller:
         self.agents = AgentService(self.store, self.cfg, self.tokens)
         self.agents.start()
         names += self.agents.register(self.server)
+        self.scheduler = Scheduler(self.store, self.cfg, ports)
+        await self.scheduler.start()
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names += [
@@ -113,6 +117,8 @@ class Controller:
         log.info("controller serving on %s (etcd %s)", self.listen, ",".join(self.endpoints))
 
     async def stop(self) -> None:
+        if self.scheduler is not None:
+            await self.scheduler.stop()
         if self.server is not None:
             await self.health.enter_graceful_shutdown()
             if self.agents is not None:

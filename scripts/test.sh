@@ -16,6 +16,7 @@ if ! diff -rq "$tmp/baryon" baryon >/dev/null || ! diff -rq "$tmp/etcd" controll
   exit 1
 fi
 echo "== buf lint";        buf lint protos
+echo "== buf breaking";    buf breaking protos --against protos/baseline.binpb
 echo "== ruff";            ruff check . && ruff format --check .
 echo "== mypy";            mypy
 echo "== pytest"

@@ -506,8 +506,9 @@ async def test_security_groups_reach_the_agents_firewall(
 
 
 async def test_openvswitch_agents_carry_traffic(etcd_endpoint: str, key_prefix: bytes) -> None:
-    """The openvswitch mechanism (drivers/ovs, userspace datapath): ports bind as "ovs",
-    go ACTIVE, and two OVS hosts reach each other over VXLAN."""
+    """The openvswitch mechanism (drivers/ovs, userspace datapath) with --firewall nftables
+    (hybrid plug): ports bind as "ovs", go ACTIVE, two OVS hosts reach each other over
+    VXLAN, and a security group without ingress rules blocks the traffic."""
     pool = NamespacePool("ov")
     ovs_nodes = OvsNodes(pool)
     logdir = scratch_dir("agentlogs")
@@ -534,7 +535,7 @@ async def test_openvswitch_agents_carry_traffic(etcd_endpoint: str, key_prefix: 
                 nodes.append(node)
                 agents.extra = (
                     "--mechanism", "openvswitch", "--ovsdb", daemons.ovsdb,
-                    "--physical-interface-mappings", "physnet1:br-phys",
+                    "--bridge-mappings", "physnet1:br-phys", "--firewall", "nftables",
                 )  # fmt: skip
                 await agents.start(node)
             agent_api = agent_pb2_grpc.AgentServiceStub(channel)
@@ -567,6 +568,18 @@ async def test_openvswitch_agents_carry_traffic(etcd_endpoint: str, key_prefix: 
             await eventually("OVS ports ACTIVE", all_active, 20, agents.logs())
             ip2 = ports[1].fixed_ips.ips[0].ip_address
             await eventually("ping across OVS hosts", reaches(ws[0], ip2), 10)
+            # A group with Neutron's egress-only defaults: ingress to port 2 is now denied.
+            closed = await admin.sg(name="closed")
+            await admin.update_port(
+                ports[1].id, security_groups=port_pb2.SecurityGroupIdList(ids=[closed.id])
+            )
+
+            async def blocked() -> bool:
+                return not await reaches(ws[0], ip2)()
+
+            await eventually("ingress blocked on the OVS port", blocked, 10, agents.logs())
+            await admin.update_port(ports[1].id, security_groups=ports[1].security_groups)
+            await eventually("ingress allowed again", reaches(ws[0], ip2), 10, agents.logs())
         except BaseException:
             print(agents.logs())
             raise

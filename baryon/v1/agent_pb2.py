@@ -26,7 +26,7 @@ from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x62\x61ryon/v1/agent.proto\x12\tbaryon.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb9\x03\n\x05\x41gent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x12\n\nagent_type\x18\x03 \x01(\t\x12\x11\n\tmechanism\x18\x04 \x01(\t\x12\r\n\x05\x61live\x18\x05 \x01(\x08\x12-\n\tlast_seen\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10\x61pplied_revision\x18\x07 \x01(\x03\x12\x0f\n\x07version\x18\x08 \x01(\t\x12.\n\nstarted_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1f\n\x17supported_network_types\x18\n \x03(\t\x12P\n\x19physical_network_mappings\x18\x0b \x03(\x0b\x32-.baryon.v1.Agent.PhysicalNetworkMappingsEntry\x12\x11\n\ttunnel_ip\x18\x0c \x01(\t\x12\x10\n\x08services\x18\r \x03(\t\x1a>\n\x1cPhysicalNetworkMappingsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"z\n\x11ListAgentsRequest\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x12\n\nagent_type\x18\x02 \x01(\t\x12\x12\n\x05\x61live\x18\x03 \x01(\x08H\x00\x88\x01\x01\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\tB\x08\n\x06_alive\"O\n\x12ListAgentsResponse\x12 \n\x06\x61gents\x18\x01 \x03(\x0b\x32\x10.baryon.v1.Agent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1d\n\x0fGetAgentRequest\x12\n\n\x02id\x18\x01 \x01(\t\" \n\x12\x44\x65leteAgentRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x8c\x01\n\x0c\x41gentMessage\x12!\n\x05hello\x18\x01 \x01(\x0b\x32\x10.baryon.v1.HelloH\x00\x12\x1d\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x0e.baryon.v1.AckH\x00\x12\x32\n\x0bport_status\x18\x03 \x01(\x0b\x32\x1b.baryon.v1.PortStatusReportH\x00\x42\x06\n\x04kind\"\xbc\x02\n\x05Hello\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x12\n\nagent_type\x18\x02 \x01(\t\x12\x11\n\tmechanism\x18\x03 \x01(\t\x12\x1f\n\x17supported_network_types\x18\x04 \x03(\t\x12P\n\x19physical_network_mappings\x18\x05 \x03(\x0b\x32-.baryon.v1.Hello.PhysicalNetworkMappingsEntry\x12\x11\n\ttunnel_ip\x18\x06 \x01(\t\x12\x15\n\rlast_revision\x18\x07 \x01(\x03\x12\x0f\n\x07version\x18\x08 \x01(\t\x12\x10\n\x08services\x18\t \x03(\t\x1a>\n\x1cPhysicalNetworkMappingsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x17\n\x03\x41\x63k\x12\x10\n\x08revision\x18\x01 \x01(\x03\"=\n\nPortStatus\x12\x0f\n\x07port_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\";\n\x10PortStatusReport\x12\'\n\x08statuses\x18\x01 \x03(\x0b\x32\x15.baryon.v1.PortStatus\"\x8c\x01\n\x11\x43ontrollerMessage\x12\'\n\x08snapshot\x18\x01 \x01(\x0b\x32\x13.baryon.v1.SnapshotH\x00\x12!\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x10.baryon.v1.DeltaH\x00\x12#\n\x06resync\x18\x03 \x01(\x0b\x32\x11.baryon.v1.ResyncH\x00\x42\x06\n\x04kind\"o\n\x0bHostNetwork\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0cnetwork_type\x18\x02 \x01(\t\x12\x17\n\x0fsegmentation_id\x18\x03 \x01(\x03\x12\x18\n\x10physical_network\x18\x04 \x01(\t\x12\x0b\n\x03mtu\x18\x05 \x01(\x05\"\xea\x01\n\x08HostPort\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nnetwork_id\x18\x02 \x01(\t\x12\x13\n\x0bmac_address\x18\x03 \x01(\t\x12\x16\n\x0e\x61\x64min_state_up\x18\x04 \x01(\x08\x12\x0b\n\x03mtu\x18\x05 \x01(\x05\x12\x11\n\tfixed_ips\x18\x06 \x03(\t\x12\x17\n\x0fsecurity_groups\x18\x07 \x03(\t\x12\x1d\n\x15port_security_enabled\x18\x08 \x01(\x08\x12\x39\n\x15\x61llowed_address_pairs\x18\t \x03(\x0b\x32\x1a.baryon.v1.HostAddressPair\":\n\x0fHostAddressPair\x12\x12\n\nip_address\x18\x01 \x01(\t\x12\x13\n\x0bmac_address\x18\x02 \x01(\t\"b\n\x11HostSecurityGroup\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08stateful\x18\x02 \x01(\x08\x12/\n\x05rules\x18\x03 \x03(\x0b\x32 .baryon.v1.HostSecurityGroupRule\"\xe2\x01\n\x15HostSecurityGroupRule\x12\x11\n\tdirection\x18\x01 \x01(\t\x12\x11\n\tethertype\x18\x02 \x01(\t\x12\x10\n\x08protocol\x18\x03 \x01(\t\x12\x1b\n\x0eport_range_min\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x1b\n\x0eport_range_max\x18\x05 \x01(\x05H\x01\x88\x01\x01\x12\x18\n\x10remote_ip_prefix\x18\x06 \x01(\t\x12\x17\n\x0fremote_group_id\x18\x07 \x01(\tB\x11\n\x0f_port_range_minB\x11\n\x0f_port_range_max\"D\n\x14SecurityGroupMembers\x12\x19\n\x11security_group_id\x18\x01 \x01(\t\x12\x11\n\taddresses\x18\x02 \x03(\t\"J\n\nRemoteVtep\x12\x12\n\nnetwork_id\x18\x01 \x01(\t\x12\x11\n\ttunnel_ip\x18\x02 \x01(\t\x12\x15\n\rmac_addresses\x18\x03 \x03(\t\"6\n\rRemoteVtepKey\x12\x12\n\nnetwork_id\x18\x01 \x01(\t\x12\x11\n\ttunnel_ip\x18\x02 \x01(\t\"\xfe\x01\n\tHostState\x12(\n\x08networks\x18\x01 \x03(\x0b\x32\x16.baryon.v1.HostNetwork\x12\"\n\x05ports\x18\x02 \x03(\x0b\x32\x13.baryon.v1.HostPort\x12+\n\x0cremote_vteps\x18\x03 \x03(\x0b\x32\x15.baryon.v1.RemoteVtep\x12\x35\n\x0fsecurity_groups\x18\x04 \x03(\x0b\x32\x1c.baryon.v1.HostSecurityGroup\x12?\n\x16security_group_members\x18\x05 \x03(\x0b\x32\x1f.baryon.v1.SecurityGroupMembers\"A\n\x08Snapshot\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12#\n\x05state\x18\x02 \x01(\x0b\x32\x14.baryon.v1.HostState\"\x9b\x04\n\x05\x44\x65lta\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12/\n\x0fupsert_networks\x18\x02 \x03(\x0b\x32\x16.baryon.v1.HostNetwork\x12\x17\n\x0f\x64\x65lete_networks\x18\x03 \x03(\t\x12)\n\x0cupsert_ports\x18\x04 \x03(\x0b\x32\x13.baryon.v1.HostPort\x12\x14\n\x0c\x64\x65lete_ports\x18\x05 \x03(\t\x12\x32\n\x13upsert_remote_vteps\x18\x06 \x03(\x0b\x32\x15.baryon.v1.RemoteVtep\x12\x35\n\x13\x64\x65lete_remote_vteps\x18\x07 \x03(\x0b\x32\x18.baryon.v1.RemoteVtepKey\x12\x1c\n\x14replace_remote_vteps\x18\x08 \x01(\x08\x12<\n\x16upsert_security_groups\x18\t \x03(\x0b\x32\x1c.baryon.v1.HostSecurityGroup\x12\x1e\n\x16\x64\x65lete_security_groups\x18\n \x03(\t\x12\x46\n\x1dupsert_security_group_members\x18\x0b \x03(\x0b\x32\x1f.baryon.v1.SecurityGroupMembers\x12%\n\x1d\x64\x65lete_security_group_members\x18\x0c \x03(\t\x12\x1f\n\x17replace_security_groups\x18\r \x01(\x08\"\x18\n\x06Resync\x12\x0e\n\x06reason\x18\x01 \x01(\t2\x9f\x02\n\x0c\x41gentService\x12\x44\n\x07\x43onnect\x12\x17.baryon.v1.AgentMessage\x1a\x1c.baryon.v1.ControllerMessage(\x01\x30\x01\x12I\n\nListAgents\x12\x1c.baryon.v1.ListAgentsRequest\x1a\x1d.baryon.v1.ListAgentsResponse\x12\x38\n\x08GetAgent\x12\x1a.baryon.v1.GetAgentRequest\x1a\x10.baryon.v1.Agent\x12\x44\n\x0b\x44\x65leteAgent\x12\x1d.baryon.v1.DeleteAgentRequest\x1a\x16.google.protobuf.Emptyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x62\x61ryon/v1/agent.proto\x12\tbaryon.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb9\x03\n\x05\x41gent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x12\n\nagent_type\x18\x03 \x01(\t\x12\x11\n\tmechanism\x18\x04 \x01(\t\x12\r\n\x05\x61live\x18\x05 \x01(\x08\x12-\n\tlast_seen\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10\x61pplied_revision\x18\x07 \x01(\x03\x12\x0f\n\x07version\x18\x08 \x01(\t\x12.\n\nstarted_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1f\n\x17supported_network_types\x18\n \x03(\t\x12P\n\x19physical_network_mappings\x18\x0b \x03(\x0b\x32-.baryon.v1.Agent.PhysicalNetworkMappingsEntry\x12\x11\n\ttunnel_ip\x18\x0c \x01(\t\x12\x10\n\x08services\x18\r \x03(\t\x1a>\n\x1cPhysicalNetworkMappingsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"z\n\x11ListAgentsRequest\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x12\n\nagent_type\x18\x02 \x01(\t\x12\x12\n\x05\x61live\x18\x03 \x01(\x08H\x00\x88\x01\x01\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\tB\x08\n\x06_alive\"O\n\x12ListAgentsResponse\x12 \n\x06\x61gents\x18\x01 \x03(\x0b\x32\x10.baryon.v1.Agent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1d\n\x0fGetAgentRequest\x12\n\n\x02id\x18\x01 \x01(\t\" \n\x12\x44\x65leteAgentRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\xc6\x01\n\x0c\x41gentMessage\x12!\n\x05hello\x18\x01 \x01(\x0b\x32\x10.baryon.v1.HelloH\x00\x12\x1d\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x0e.baryon.v1.AckH\x00\x12\x32\n\x0bport_status\x18\x03 \x01(\x0b\x32\x1b.baryon.v1.PortStatusReportH\x00\x12\x38\n\x0eservice_status\x18\x04 \x01(\x0b\x32\x1e.baryon.v1.ServiceStatusReportH\x00\x42\x06\n\x04kind\"\xbc\x02\n\x05Hello\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x12\n\nagent_type\x18\x02 \x01(\t\x12\x11\n\tmechanism\x18\x03 \x01(\t\x12\x1f\n\x17supported_network_types\x18\x04 \x03(\t\x12P\n\x19physical_network_mappings\x18\x05 \x03(\x0b\x32-.baryon.v1.Hello.PhysicalNetworkMappingsEntry\x12\x11\n\ttunnel_ip\x18\x06 \x01(\t\x12\x15\n\rlast_revision\x18\x07 \x01(\x03\x12\x0f\n\x07version\x18\x08 \x01(\t\x12\x10\n\x08services\x18\t \x03(\t\x1a>\n\x1cPhysicalNetworkMappingsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x17\n\x03\x41\x63k\x12\x10\n\x08revision\x18\x01 \x01(\x03\"=\n\nPortStatus\x12\x0f\n\x07port_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\";\n\x10PortStatusReport\x12\'\n\x08statuses\x18\x01 \x03(\x0b\x32\x15.baryon.v1.PortStatus\"\\\n\x13ServiceStatusReport\x12(\n\x07routers\x18\x01 \x03(\x0b\x32\x17.baryon.v1.RouterStatus\x12\x1b\n\x13\x61\x63tive_floating_ips\x18\x02 \x03(\t\"1\n\x0cRouterStatus\x12\x11\n\trouter_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\"\x8c\x01\n\x11\x43ontrollerMessage\x12\'\n\x08snapshot\x18\x01 \x01(\x0b\x32\x13.baryon.v1.SnapshotH\x00\x12!\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x10.baryon.v1.DeltaH\x00\x12#\n\x06resync\x18\x03 \x01(\x0b\x32\x11.baryon.v1.ResyncH\x00\x42\x06\n\x04kind\"o\n\x0bHostNetwork\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0cnetwork_type\x18\x02 \x01(\t\x12\x17\n\x0fsegmentation_id\x18\x03 \x01(\x03\x12\x18\n\x10physical_network\x18\x04 \x01(\t\x12\x0b\n\x03mtu\x18\x05 \x01(\x05\"\xea\x01\n\x08HostPort\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nnetwork_id\x18\x02 \x01(\t\x12\x13\n\x0bmac_address\x18\x03 \x01(\t\x12\x16\n\x0e\x61\x64min_state_up\x18\x04 \x01(\x08\x12\x0b\n\x03mtu\x18\x05 \x01(\x05\x12\x11\n\tfixed_ips\x18\x06 \x03(\t\x12\x17\n\x0fsecurity_groups\x18\x07 \x03(\t\x12\x1d\n\x15port_security_enabled\x18\x08 \x01(\x08\x12\x39\n\x15\x61llowed_address_pairs\x18\t \x03(\x0b\x32\x1a.baryon.v1.HostAddressPair\":\n\x0fHostAddressPair\x12\x12\n\nip_address\x18\x01 \x01(\t\x12\x13\n\x0bmac_address\x18\x02 \x01(\t\"b\n\x11HostSecurityGroup\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08stateful\x18\x02 \x01(\x08\x12/\n\x05rules\x18\x03 \x03(\x0b\x32 .baryon.v1.HostSecurityGroupRule\"\xe2\x01\n\x15HostSecurityGroupRule\x12\x11\n\tdirection\x18\x01 \x01(\t\x12\x11\n\tethertype\x18\x02 \x01(\t\x12\x10\n\x08protocol\x18\x03 \x01(\t\x12\x1b\n\x0eport_range_min\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x1b\n\x0eport_range_max\x18\x05 \x01(\x05H\x01\x88\x01\x01\x12\x18\n\x10remote_ip_prefix\x18\x06 \x01(\t\x12\x17\n\x0fremote_group_id\x18\x07 \x01(\tB\x11\n\x0f_port_range_minB\x11\n\x0f_port_range_max\"D\n\x14SecurityGroupMembers\x12\x19\n\x11security_group_id\x18\x01 \x01(\t\x12\x11\n\taddresses\x18\x02 \x03(\t\"J\n\nRemoteVtep\x12\x12\n\nnetwork_id\x18\x01 \x01(\t\x12\x11\n\ttunnel_ip\x18\x02 \x01(\t\x12\x15\n\rmac_addresses\x18\x03 \x03(\t\"6\n\rRemoteVtepKey\x12\x12\n\nnetwork_id\x18\x01 \x01(\t\x12\x11\n\ttunnel_ip\x18\x02 \x01(\t\"\xd9\x02\n\tHostState\x12(\n\x08networks\x18\x01 \x03(\x0b\x32\x16.baryon.v1.HostNetwork\x12\"\n\x05ports\x18\x02 \x03(\x0b\x32\x13.baryon.v1.HostPort\x12+\n\x0cremote_vteps\x18\x03 \x03(\x0b\x32\x15.baryon.v1.RemoteVtep\x12\x35\n\x0fsecurity_groups\x18\x04 \x03(\x0b\x32\x1c.baryon.v1.HostSecurityGroup\x12?\n\x16security_group_members\x18\x05 \x03(\x0b\x32\x1f.baryon.v1.SecurityGroupMembers\x12&\n\x07routers\x18\x06 \x03(\x0b\x32\x15.baryon.v1.HostRouter\x12\x31\n\rdhcp_networks\x18\x07 \x03(\x0b\x32\x1a.baryon.v1.HostDhcpNetwork\"e\n\x0fHostServicePort\x12\x0f\n\x07port_id\x18\x01 \x01(\t\x12\x12\n\nnetwork_id\x18\x02 \x01(\t\x12\x13\n\x0bmac_address\x18\x03 \x01(\t\x12\x0b\n\x03ips\x18\x04 \x03(\t\x12\x0b\n\x03mtu\x18\x05 \x01(\x05\"7\n\x0fHostStaticRoute\x12\x13\n\x0b\x64\x65stination\x18\x01 \x01(\t\x12\x0f\n\x07nexthop\x18\x02 \x01(\t\"S\n\x0eHostFloatingIp\x12\n\n\x02id\x18\x01 \x01(\t\x12\x1b\n\x13\x66loating_ip_address\x18\x02 \x01(\t\x12\x18\n\x10\x66ixed_ip_address\x18\x03 \x01(\t\"\x98\x02\n\nHostRouter\x12\n\n\x02id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x64min_state_up\x18\x02 \x01(\x08\x12.\n\ninterfaces\x18\x03 \x03(\x0b\x32\x1a.baryon.v1.HostServicePort\x12+\n\x07gateway\x18\x04 \x01(\x0b\x32\x1a.baryon.v1.HostServicePort\x12\x17\n\x0fgateway_nexthop\x18\x05 \x01(\t\x12\x13\n\x0b\x65nable_snat\x18\x06 \x01(\x08\x12*\n\x06routes\x18\x07 \x03(\x0b\x32\x1a.baryon.v1.HostStaticRoute\x12/\n\x0c\x66loating_ips\x18\x08 \x03(\x0b\x32\x19.baryon.v1.HostFloatingIp\"|\n\x0eHostDhcpSubnet\x12\x0c\n\x04\x63idr\x18\x01 \x01(\t\x12\x12\n\ngateway_ip\x18\x02 \x01(\t\x12\x17\n\x0f\x64ns_nameservers\x18\x03 \x03(\t\x12/\n\x0bhost_routes\x18\x04 \x03(\x0b\x32\x1a.baryon.v1.HostStaticRoute\"I\n\x0cHostDhcpHost\x12\x13\n\x0bmac_address\x18\x01 \x01(\t\x12\x12\n\nip_address\x18\x02 \x01(\t\x12\x10\n\x08hostname\x18\x03 \x01(\t\"\xb0\x01\n\x0fHostDhcpNetwork\x12\x12\n\nnetwork_id\x18\x01 \x01(\t\x12\x0b\n\x03mtu\x18\x02 \x01(\x05\x12(\n\x04port\x18\x03 \x01(\x0b\x32\x1a.baryon.v1.HostServicePort\x12*\n\x07subnets\x18\x04 \x03(\x0b\x32\x19.baryon.v1.HostDhcpSubnet\x12&\n\x05hosts\x18\x05 \x03(\x0b\x32\x17.baryon.v1.HostDhcpHost\"A\n\x08Snapshot\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12#\n\x05state\x18\x02 \x01(\x0b\x32\x14.baryon.v1.HostState\"\xd4\x05\n\x05\x44\x65lta\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12/\n\x0fupsert_networks\x18\x02 \x03(\x0b\x32\x16.baryon.v1.HostNetwork\x12\x17\n\x0f\x64\x65lete_networks\x18\x03 \x03(\t\x12)\n\x0cupsert_ports\x18\x04 \x03(\x0b\x32\x13.baryon.v1.HostPort\x12\x14\n\x0c\x64\x65lete_ports\x18\x05 \x03(\t\x12\x32\n\x13upsert_remote_vteps\x18\x06 \x03(\x0b\x32\x15.baryon.v1.RemoteVtep\x12\x35\n\x13\x64\x65lete_remote_vteps\x18\x07 \x03(\x0b\x32\x18.baryon.v1.RemoteVtepKey\x12\x1c\n\x14replace_remote_vteps\x18\x08 \x01(\x08\x12<\n\x16upsert_security_groups\x18\t \x03(\x0b\x32\x1c.baryon.v1.HostSecurityGroup\x12\x1e\n\x16\x64\x65lete_security_groups\x18\n \x03(\t\x12\x46\n\x1dupsert_security_group_members\x18\x0b \x03(\x0b\x32\x1f.baryon.v1.SecurityGroupMembers\x12%\n\x1d\x64\x65lete_security_group_members\x18\x0c \x03(\t\x12\x1f\n\x17replace_security_groups\x18\r \x01(\x08\x12-\n\x0eupsert_routers\x18\x0e \x03(\x0b\x32\x15.baryon.v1.HostRouter\x12\x16\n\x0e\x64\x65lete_routers\x18\x0f \x03(\t\x12\x38\n\x14upsert_dhcp_networks\x18\x10 \x03(\x0b\x32\x1a.baryon.v1.HostDhcpNetwork\x12\x1c\n\x14\x64\x65lete_dhcp_networks\x18\x11 \x03(\t\x12\x18\n\x10replace_services\x18\x12 \x01(\x08\"\x18\n\x06Resync\x12\x0e\n\x06reason\x18\x01 \x01(\t2\x9f\x02\n\x0c\x41gentService\x12\x44\n\x07\x43onnect\x12\x17.baryon.v1.AgentMessage\x1a\x1c.baryon.v1.ControllerMessage(\x01\x30\x01\x12I\n\nListAgents\x12\x1c.baryon.v1.ListAgentsRequest\x1a\x1d.baryon.v1.ListAgentsResponse\x12\x38\n\x08GetAgent\x12\x1a.baryon.v1.GetAgentRequest\x1a\x10.baryon.v1.Agent\x12\x44\n\x0b\x44\x65leteAgent\x12\x1d.baryon.v1.DeleteAgentRequest\x1a\x16.google.protobuf.Emptyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -50,43 +50,61 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DELETEAGENTREQUEST']._serialized_start=778
   _globals['_DELETEAGENTREQUEST']._serialized_end=810
   _globals['_AGENTMESSAGE']._serialized_start=813
-  _globals['_AGENTMESSAGE']._serialized_end=953
-  _globals['_HELLO']._serialized_start=956
-  _globals['_HELLO']._serialized_end=1272
+  _globals['_AGENTMESSAGE']._serialized_end=1011
+  _globals['_HELLO']._serialized_start=1014
+  _globals['_HELLO']._serialized_end=1330
   _globals['_HELLO_PHYSICALNETWORKMAPPINGSENTRY']._serialized_start=478
   _globals['_HELLO_PHYSICALNETWORKMAPPINGSENTRY']._serialized_end=540
-  _globals['_ACK']._serialized_start=1274
-  _globals['_ACK']._serialized_end=1297
-  _globals['_PORTSTATUS']._serialized_start=1299
-  _globals['_PORTSTATUS']._serialized_end=1360
-  _globals['_PORTSTATUSREPORT']._serialized_start=1362
-  _globals['_PORTSTATUSREPORT']._serialized_end=1421
-  _globals['_CONTROLLERMESSAGE']._serialized_start=1424
-  _globals['_CONTROLLERMESSAGE']._serialized_end=1564
-  _globals['_HOSTNETWORK']._serialized_start=1566
-  _globals['_HOSTNETWORK']._serialized_end=1677
-  _globals['_HOSTPORT']._serialized_start=1680
-  _globals['_HOSTPORT']._serialized_end=1914
-  _globals['_HOSTADDRESSPAIR']._serialized_start=1916
-  _globals['_HOSTADDRESSPAIR']._serialized_end=1974
-  _globals['_HOSTSECURITYGROUP']._serialized_start=1976
-  _globals['_HOSTSECURITYGROUP']._serialized_end=2074
-  _globals['_HOSTSECURITYGROUPRULE']._serialized_start=2077
-  _globals['_HOSTSECURITYGROUPRULE']._serialized_end=2303
-  _globals['_SECURITYGROUPMEMBERS']._serialized_start=2305
-  _globals['_SECURITYGROUPMEMBERS']._serialized_end=2373
-  _globals['_REMOTEVTEP']._serialized_start=2375
-  _globals['_REMOTEVTEP']._serialized_end=2449
-  _globals['_REMOTEVTEPKEY']._serialized_start=2451
-  _globals['_REMOTEVTEPKEY']._serialized_end=2505
-  _globals['_HOSTSTATE']._serialized_start=2508
-  _globals['_HOSTSTATE']._serialized_end=2762
-  _globals['_SNAPSHOT']._serialized_start=2764
-  _globals['_SNAPSHOT']._serialized_end=2829
-  _globals['_DELTA']._serialized_start=2832
-  _globals['_DELTA']._serialized_end=3371
-  _globals['_RESYNC']._serialized_start=3373
-  _globals['_RESYNC']._serialized_end=3397
-  _globals['_AGENTSERVICE']._serialized_start=3400
-  _globals['_AGENTSERVICE']._serialized_end=3687
+  _globals['_ACK']._serialized_start=1332
+  _globals['_ACK']._serialized_end=1355
+  _globals['_PORTSTATUS']._serialized_start=1357
+  _globals['_PORTSTATUS']._serialized_end=1418
+  _globals['_PORTSTATUSREPORT']._serialized_start=1420
+  _globals['_PORTSTATUSREPORT']._serialized_end=1479
+  _globals['_SERVICESTATUSREPORT']._serialized_start=1481
+  _globals['_SERVICESTATUSREPORT']._serialized_end=1573
+  _globals['_ROUTERSTATUS']._serialized_start=1575
+  _globals['_ROUTERSTATUS']._serialized_end=1624
+  _globals['_CONTROLLERMESSAGE']._serialized_start=1627
+  _globals['_CONTROLLERMESSAGE']._serialized_end=1767
+  _globals['_HOSTNETWORK']._serialized_start=1769
+  _globals['_HOSTNETWORK']._serialized_end=1880
+  _globals['_HOSTPORT']._serialized_start=1883
+  _globals['_HOSTPORT']._serialized_end=2117
+  _globals['_HOSTADDRESSPAIR']._serialized_start=2119
+  _globals['_HOSTADDRESSPAIR']._serialized_end=2177
+  _globals['_HOSTSECURITYGROUP']._serialized_start=2179
+  _globals['_HOSTSECURITYGROUP']._serialized_end=2277
+  _globals['_HOSTSECURITYGROUPRULE']._serialized_start=2280
+  _globals['_HOSTSECURITYGROUPRULE']._serialized_end=2506
+  _globals['_SECURITYGROUPMEMBERS']._serialized_start=2508
+  _globals['_SECURITYGROUPMEMBERS']._serialized_end=2576
+  _globals['_REMOTEVTEP']._serialized_start=2578
+  _globals['_REMOTEVTEP']._serialized_end=2652
+  _globals['_REMOTEVTEPKEY']._serialized_start=2654
+  _globals['_REMOTEVTEPKEY']._serialized_end=2708
+  _globals['_HOSTSTATE']._serialized_start=2711
+  _globals['_HOSTSTATE']._serialized_end=3056
+  _globals['_HOSTSERVICEPORT']._serialized_start=3058
+  _globals['_HOSTSERVICEPORT']._serialized_end=3159
+  _globals['_HOSTSTATICROUTE']._serialized_start=3161
+  _globals['_HOSTSTATICROUTE']._serialized_end=3216
+  _globals['_HOSTFLOATINGIP']._serialized_start=3218
+  _globals['_HOSTFLOATINGIP']._serialized_end=3301
+  _globals['_HOSTROUTER']._serialized_start=3304
+  _globals['_HOSTROUTER']._serialized_end=3584
+  _globals['_HOSTDHCPSUBNET']._serialized_start=3586
+  _globals['_HOSTDHCPSUBNET']._serialized_end=3710
+  _globals['_HOSTDHCPHOST']._serialized_start=3712
+  _globals['_HOSTDHCPHOST']._serialized_end=3785
+  _globals['_HOSTDHCPNETWORK']._serialized_start=3788
+  _globals['_HOSTDHCPNETWORK']._serialized_end=3964
+  _globals['_SNAPSHOT']._serialized_start=3966
+  _globals['_SNAPSHOT']._serialized_end=4031
+  _globals['_DELTA']._serialized_start=4034
+  _globals['_DELTA']._serialized_end=4758
+  _globals['_RESYNC']._serialized_start=4760
+  _globals['_RESYNC']._serialized_end=4784
+  _globals['_AGENTSERVICE']._serialized_start=4787
+  _globals['_AGENTSERVICE']._serialized_end=5074
 # @@protoc_insertion_point(module_scope)

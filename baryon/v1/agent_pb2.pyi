@@ -223,24 +223,28 @@ class AgentMessage(_message.Message):
     HELLO_FIELD_NUMBER: _builtins.int
     ACK_FIELD_NUMBER: _builtins.int
     PORT_STATUS_FIELD_NUMBER: _builtins.int
+    SERVICE_STATUS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___Hello: ...
     @_builtins.property
     def ack(self) -> Global___Ack: ...
     @_builtins.property
     def port_status(self) -> Global___PortStatusReport: ...
+    @_builtins.property
+    def service_status(self) -> Global___ServiceStatusReport: ...
     def __init__(
         self,
         *,
         hello: Global___Hello | None = ...,
         ack: Global___Ack | None = ...,
         port_status: Global___PortStatusReport | None = ...,
+        service_status: Global___ServiceStatusReport | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "hello", b"hello", "kind", b"kind", "port_status", b"port_status"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "hello", b"hello", "kind", b"kind", "port_status", b"port_status", "service_status", b"service_status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "hello", b"hello", "kind", b"kind", "port_status", b"port_status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "hello", b"hello", "kind", b"kind", "port_status", b"port_status", "service_status", b"service_status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["hello", "ack", "port_status"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["hello", "ack", "port_status", "service_status"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -384,6 +388,59 @@ class PortStatusReport(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PortStatusReport: _TypeAlias = PortStatusReport  # noqa: Y015
+
+@_typing.final
+class ServiceStatusReport(_message.Message):
+    """What the agent's L3 service has applied (the whole set each time): routers with
+    their status (ACTIVE or ERROR) and the floating IPs in place.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUTERS_FIELD_NUMBER: _builtins.int
+    ACTIVE_FLOATING_IPS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def routers(self) -> _containers.RepeatedCompositeFieldContainer[Global___RouterStatus]: ...
+    @_builtins.property
+    def active_floating_ips(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Ids of the floating IPs whose NAT is applied on this host."""
+
+    def __init__(
+        self,
+        *,
+        routers: _abc.Iterable[Global___RouterStatus] | None = ...,
+        active_floating_ips: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_floating_ips", b"active_floating_ips", "routers", b"routers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ServiceStatusReport: _TypeAlias = ServiceStatusReport  # noqa: Y015
+
+@_typing.final
+class RouterStatus(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUTER_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    router_id: _builtins.str
+    status: _builtins.str
+    """ACTIVE or ERROR."""
+    def __init__(
+        self,
+        *,
+        router_id: _builtins.str = ...,
+        status: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["router_id", b"router_id", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RouterStatus: _TypeAlias = RouterStatus  # noqa: Y015
 
 @_typing.final
 class ControllerMessage(_message.Message):
@@ -687,6 +744,8 @@ class HostState(_message.Message):
     REMOTE_VTEPS_FIELD_NUMBER: _builtins.int
     SECURITY_GROUPS_FIELD_NUMBER: _builtins.int
     SECURITY_GROUP_MEMBERS_FIELD_NUMBER: _builtins.int
+    ROUTERS_FIELD_NUMBER: _builtins.int
+    DHCP_NETWORKS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def networks(self) -> _containers.RepeatedCompositeFieldContainer[Global___HostNetwork]: ...
     @_builtins.property
@@ -697,6 +756,14 @@ class HostState(_message.Message):
     def security_groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___HostSecurityGroup]: ...
     @_builtins.property
     def security_group_members(self) -> _containers.RepeatedCompositeFieldContainer[Global___SecurityGroupMembers]: ...
+    @_builtins.property
+    def routers(self) -> _containers.RepeatedCompositeFieldContainer[Global___HostRouter]:
+        """Routers scheduled to this host's L3 service."""
+
+    @_builtins.property
+    def dhcp_networks(self) -> _containers.RepeatedCompositeFieldContainer[Global___HostDhcpNetwork]:
+        """Networks scheduled to this host's DHCP service."""
+
     def __init__(
         self,
         *,
@@ -705,14 +772,238 @@ class HostState(_message.Message):
         remote_vteps: _abc.Iterable[Global___RemoteVtep] | None = ...,
         security_groups: _abc.Iterable[Global___HostSecurityGroup] | None = ...,
         security_group_members: _abc.Iterable[Global___SecurityGroupMembers] | None = ...,
+        routers: _abc.Iterable[Global___HostRouter] | None = ...,
+        dhcp_networks: _abc.Iterable[Global___HostDhcpNetwork] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["networks", b"networks", "ports", b"ports", "remote_vteps", b"remote_vteps", "security_group_members", b"security_group_members", "security_groups", b"security_groups"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dhcp_networks", b"dhcp_networks", "networks", b"networks", "ports", b"ports", "remote_vteps", b"remote_vteps", "routers", b"routers", "security_group_members", b"security_group_members", "security_groups", b"security_groups"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___HostState: _TypeAlias = HostState  # noqa: Y015
+
+@_typing.final
+class HostServicePort(_message.Message):
+    """A port of a router or DHCP service ("address/prefixlen" IPs); it is also one of
+    the host's ports (HostPort), so the L2 driver wires its network.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PORT_ID_FIELD_NUMBER: _builtins.int
+    NETWORK_ID_FIELD_NUMBER: _builtins.int
+    MAC_ADDRESS_FIELD_NUMBER: _builtins.int
+    IPS_FIELD_NUMBER: _builtins.int
+    MTU_FIELD_NUMBER: _builtins.int
+    port_id: _builtins.str
+    network_id: _builtins.str
+    mac_address: _builtins.str
+    mtu: _builtins.int
+    @_builtins.property
+    def ips(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        port_id: _builtins.str = ...,
+        network_id: _builtins.str = ...,
+        mac_address: _builtins.str = ...,
+        ips: _abc.Iterable[_builtins.str] | None = ...,
+        mtu: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ips", b"ips", "mac_address", b"mac_address", "mtu", b"mtu", "network_id", b"network_id", "port_id", b"port_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HostServicePort: _TypeAlias = HostServicePort  # noqa: Y015
+
+@_typing.final
+class HostStaticRoute(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DESTINATION_FIELD_NUMBER: _builtins.int
+    NEXTHOP_FIELD_NUMBER: _builtins.int
+    destination: _builtins.str
+    nexthop: _builtins.str
+    def __init__(
+        self,
+        *,
+        destination: _builtins.str = ...,
+        nexthop: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["destination", b"destination", "nexthop", b"nexthop"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HostStaticRoute: _TypeAlias = HostStaticRoute  # noqa: Y015
+
+@_typing.final
+class HostFloatingIp(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    FLOATING_IP_ADDRESS_FIELD_NUMBER: _builtins.int
+    FIXED_IP_ADDRESS_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    floating_ip_address: _builtins.str
+    fixed_ip_address: _builtins.str
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        floating_ip_address: _builtins.str = ...,
+        fixed_ip_address: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fixed_ip_address", b"fixed_ip_address", "floating_ip_address", b"floating_ip_address", "id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HostFloatingIp: _TypeAlias = HostFloatingIp  # noqa: Y015
+
+@_typing.final
+class HostRouter(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    ADMIN_STATE_UP_FIELD_NUMBER: _builtins.int
+    INTERFACES_FIELD_NUMBER: _builtins.int
+    GATEWAY_FIELD_NUMBER: _builtins.int
+    GATEWAY_NEXTHOP_FIELD_NUMBER: _builtins.int
+    ENABLE_SNAT_FIELD_NUMBER: _builtins.int
+    ROUTES_FIELD_NUMBER: _builtins.int
+    FLOATING_IPS_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    admin_state_up: _builtins.bool
+    gateway_nexthop: _builtins.str
+    """The external subnet's gateway (the default route); empty: none."""
+    enable_snat: _builtins.bool
+    @_builtins.property
+    def interfaces(self) -> _containers.RepeatedCompositeFieldContainer[Global___HostServicePort]: ...
+    @_builtins.property
+    def gateway(self) -> Global___HostServicePort:
+        """Absent: no external gateway."""
+
+    @_builtins.property
+    def routes(self) -> _containers.RepeatedCompositeFieldContainer[Global___HostStaticRoute]: ...
+    @_builtins.property
+    def floating_ips(self) -> _containers.RepeatedCompositeFieldContainer[Global___HostFloatingIp]: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        admin_state_up: _builtins.bool = ...,
+        interfaces: _abc.Iterable[Global___HostServicePort] | None = ...,
+        gateway: Global___HostServicePort | None = ...,
+        gateway_nexthop: _builtins.str = ...,
+        enable_snat: _builtins.bool = ...,
+        routes: _abc.Iterable[Global___HostStaticRoute] | None = ...,
+        floating_ips: _abc.Iterable[Global___HostFloatingIp] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["gateway", b"gateway"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["admin_state_up", b"admin_state_up", "enable_snat", b"enable_snat", "floating_ips", b"floating_ips", "gateway", b"gateway", "gateway_nexthop", b"gateway_nexthop", "id", b"id", "interfaces", b"interfaces", "routes", b"routes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HostRouter: _TypeAlias = HostRouter  # noqa: Y015
+
+@_typing.final
+class HostDhcpSubnet(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CIDR_FIELD_NUMBER: _builtins.int
+    GATEWAY_IP_FIELD_NUMBER: _builtins.int
+    DNS_NAMESERVERS_FIELD_NUMBER: _builtins.int
+    HOST_ROUTES_FIELD_NUMBER: _builtins.int
+    cidr: _builtins.str
+    gateway_ip: _builtins.str
+    """Empty: no router option."""
+    @_builtins.property
+    def dns_nameservers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def host_routes(self) -> _containers.RepeatedCompositeFieldContainer[Global___HostStaticRoute]: ...
+    def __init__(
+        self,
+        *,
+        cidr: _builtins.str = ...,
+        gateway_ip: _builtins.str = ...,
+        dns_nameservers: _abc.Iterable[_builtins.str] | None = ...,
+        host_routes: _abc.Iterable[Global___HostStaticRoute] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cidr", b"cidr", "dns_nameservers", b"dns_nameservers", "gateway_ip", b"gateway_ip", "host_routes", b"host_routes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HostDhcpSubnet: _TypeAlias = HostDhcpSubnet  # noqa: Y015
+
+@_typing.final
+class HostDhcpHost(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAC_ADDRESS_FIELD_NUMBER: _builtins.int
+    IP_ADDRESS_FIELD_NUMBER: _builtins.int
+    HOSTNAME_FIELD_NUMBER: _builtins.int
+    mac_address: _builtins.str
+    ip_address: _builtins.str
+    hostname: _builtins.str
+    def __init__(
+        self,
+        *,
+        mac_address: _builtins.str = ...,
+        ip_address: _builtins.str = ...,
+        hostname: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hostname", b"hostname", "ip_address", b"ip_address", "mac_address", b"mac_address"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HostDhcpHost: _TypeAlias = HostDhcpHost  # noqa: Y015
+
+@_typing.final
+class HostDhcpNetwork(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NETWORK_ID_FIELD_NUMBER: _builtins.int
+    MTU_FIELD_NUMBER: _builtins.int
+    PORT_FIELD_NUMBER: _builtins.int
+    SUBNETS_FIELD_NUMBER: _builtins.int
+    HOSTS_FIELD_NUMBER: _builtins.int
+    network_id: _builtins.str
+    mtu: _builtins.int
+    @_builtins.property
+    def port(self) -> Global___HostServicePort: ...
+    @_builtins.property
+    def subnets(self) -> _containers.RepeatedCompositeFieldContainer[Global___HostDhcpSubnet]:
+        """The DHCP-enabled IPv4 subnets."""
+
+    @_builtins.property
+    def hosts(self) -> _containers.RepeatedCompositeFieldContainer[Global___HostDhcpHost]: ...
+    def __init__(
+        self,
+        *,
+        network_id: _builtins.str = ...,
+        mtu: _builtins.int = ...,
+        port: Global___HostServicePort | None = ...,
+        subnets: _abc.Iterable[Global___HostDhcpSubnet] | None = ...,
+        hosts: _abc.Iterable[Global___HostDhcpHost] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["port", b"port"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hosts", b"hosts", "mtu", b"mtu", "network_id", b"network_id", "port", b"port", "subnets", b"subnets"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HostDhcpNetwork: _TypeAlias = HostDhcpNetwork  # noqa: Y015
 
 @_typing.final
 class Snapshot(_message.Message):
@@ -760,11 +1051,18 @@ class Delta(_message.Message):
     UPSERT_SECURITY_GROUP_MEMBERS_FIELD_NUMBER: _builtins.int
     DELETE_SECURITY_GROUP_MEMBERS_FIELD_NUMBER: _builtins.int
     REPLACE_SECURITY_GROUPS_FIELD_NUMBER: _builtins.int
+    UPSERT_ROUTERS_FIELD_NUMBER: _builtins.int
+    DELETE_ROUTERS_FIELD_NUMBER: _builtins.int
+    UPSERT_DHCP_NETWORKS_FIELD_NUMBER: _builtins.int
+    DELETE_DHCP_NETWORKS_FIELD_NUMBER: _builtins.int
+    REPLACE_SERVICES_FIELD_NUMBER: _builtins.int
     revision: _builtins.int
     replace_remote_vteps: _builtins.bool
     """When true, upsert_remote_vteps is the complete table: drop every other entry."""
     replace_security_groups: _builtins.bool
     """When true, the two upsert lists above are complete: drop every other group."""
+    replace_services: _builtins.bool
+    """When true, the router and DHCP network upserts are complete: drop every other."""
     @_builtins.property
     def upsert_networks(self) -> _containers.RepeatedCompositeFieldContainer[Global___HostNetwork]: ...
     @_builtins.property
@@ -789,6 +1087,16 @@ class Delta(_message.Message):
 
     @_builtins.property
     def delete_security_group_members(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def upsert_routers(self) -> _containers.RepeatedCompositeFieldContainer[Global___HostRouter]:
+        """Routers and DHCP networks: each upsert is the complete spec."""
+
+    @_builtins.property
+    def delete_routers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def upsert_dhcp_networks(self) -> _containers.RepeatedCompositeFieldContainer[Global___HostDhcpNetwork]: ...
+    @_builtins.property
+    def delete_dhcp_networks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
@@ -805,10 +1113,15 @@ class Delta(_message.Message):
         upsert_security_group_members: _abc.Iterable[Global___SecurityGroupMembers] | None = ...,
         delete_security_group_members: _abc.Iterable[_builtins.str] | None = ...,
         replace_security_groups: _builtins.bool = ...,
+        upsert_routers: _abc.Iterable[Global___HostRouter] | None = ...,
+        delete_routers: _abc.Iterable[_builtins.str] | None = ...,
+        upsert_dhcp_networks: _abc.Iterable[Global___HostDhcpNetwork] | None = ...,
+        delete_dhcp_networks: _abc.Iterable[_builtins.str] | None = ...,
+        replace_services: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["delete_networks", b"delete_networks", "delete_ports", b"delete_ports", "delete_remote_vteps", b"delete_remote_vteps", "delete_security_group_members", b"delete_security_group_members", "delete_security_groups", b"delete_security_groups", "replace_remote_vteps", b"replace_remote_vteps", "replace_security_groups", b"replace_security_groups", "revision", b"revision", "upsert_networks", b"upsert_networks", "upsert_ports", b"upsert_ports", "upsert_remote_vteps", b"upsert_remote_vteps", "upsert_security_group_members", b"upsert_security_group_members", "upsert_security_groups", b"upsert_security_groups"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delete_dhcp_networks", b"delete_dhcp_networks", "delete_networks", b"delete_networks", "delete_ports", b"delete_ports", "delete_remote_vteps", b"delete_remote_vteps", "delete_routers", b"delete_routers", "delete_security_group_members", b"delete_security_group_members", "delete_security_groups", b"delete_security_groups", "replace_remote_vteps", b"replace_remote_vteps", "replace_security_groups", b"replace_security_groups", "replace_services", b"replace_services", "revision", b"revision", "upsert_dhcp_networks", b"upsert_dhcp_networks", "upsert_networks", b"upsert_networks", "upsert_ports", b"upsert_ports", "upsert_remote_vteps", b"upsert_remote_vteps", "upsert_routers", b"upsert_routers", "upsert_security_group_members", b"upsert_security_group_members", "upsert_security_groups", b"upsert_security_groups"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

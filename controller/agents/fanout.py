@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 RESYNC = None
 QueueItem = agent_pb2.ControllerMessage | None
 PortRef = tuple[str, str, str]  # (port id, host, network id)
+# Changes to these may change the routers / DHCP networks of service hosts.
+SERVICE_KINDS = frozenset({"router", "floatingip", "subnet", "router_binding", "dhcp_binding"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +75,9 @@ class Stream:
     sent: View = field(default_factory=View)
     overflowed: bool = False
     resyncs: int = 0
+    # The host runs L3 / DHCP services: its routers and DHCP networks depend on much
+    # more than its own ports, so any change that may touch them recomputes its view.
+    services: bool = False
 
 
 class Fanout:
@@ -112,13 +117,13 @@ class Fanout:
         self.floor = revision
 
     # -- streams
-    def attach(self, host: str, last_revision: int) -> tuple[Stream, str]:
+    def attach(self, host: str, last_revision: int, services: bool = False) -> tuple[Stream, str]:
         """Register a stream for `host`; its queue starts with a Snapshot or catch-up
         Delta (returned kind: "snapshot" or "delta"). Synchronous: no change can slip
         in between computing the first message and registering the stream."""
         cache = self.store.cache
         view = hoststate.compute(cache, host, self._tunnels)
-        stream = Stream(host, asyncio.Queue(self.queue_size))
+        stream = Stream(host, asyncio.Queue(self.queue_size), services=services)
         revision = cache.revision
         if 0 < last_revision and self.floor <= last_revision <= revision:
             nets: set[str] = set()
@@ -181,7 +186,10 @@ class Fanout:
         hosts: set[str] = set()
         groups: set[str] = set()
         agents_changed: set[str] = set()
+        services = False
         for kind, id_, obj in changes:
+            if kind in SERVICE_KINDS:
+                services = True
             if kind == "port":
                 old = self._ports.get(id_)
                 new = _port_info(obj) if isinstance(obj, Port) else None
@@ -226,8 +234,8 @@ class Fanout:
             self.ring.append((revision, frozenset(nets), frozenset(ports)))
             while len(self.ring) > self.ring_size:
                 self.floor = self.ring.popleft()[0]
-        if nets or ports or groups:
-            self._push(revision, nets, hosts, groups)
+        if nets or ports or groups or services:
+            self._push(revision, nets, hosts, groups, services or bool(nets))
 
     def _index_agent(self, agent_id: str, host: str | None) -> None:
         old = self._agent_host.pop(agent_id, None)
@@ -275,13 +283,15 @@ class Fanout:
         nets: set[str] | None,
         hosts: set[str] | None,
         groups: set[str] | None,
+        services: bool = True,
     ) -> None:
         """Send every affected stream its delta (None: every stream is affected)."""
         cache = self.store.cache
+        shared: dict[tuple[str, str], object] = {}  # parts every host sees alike
         for stream in list(self.streams):
             if stream.overflowed:
                 continue
-            if (
+            if not (services and stream.services) and (
                 nets is not None
                 and hosts is not None
                 and groups is not None
@@ -291,7 +301,7 @@ class Fanout:
                 and stream.sent.members.keys().isdisjoint(groups)
             ):
                 continue
-            view = hoststate.compute(cache, stream.host, self._tunnels)
+            view = hoststate.compute(cache, stream.host, self._tunnels, shared)
             delta = hoststate.diff(stream.sent, view, revision)
             stream.sent = view
             if delta is None:

@@ -41,7 +41,17 @@ from controller.errors import (
     Unavailable,
 )
 from controller.etcd.client import EtcdError, LeaseKeeper, op_put
-from controller.model import Agent, AgentLiveness, Network, Port, Resource, encode
+from controller.model import (
+    Agent,
+    AgentLiveness,
+    FloatingIP,
+    Network,
+    Port,
+    Resource,
+    Router,
+    RouterBinding,
+    encode,
+)
 from controller.services.base import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, bump
 from controller.services.binding import BINDING_FAILED, MECHANISMS, bind, is_alive
 from controller.store import Store, Txn, chunked
@@ -316,7 +326,8 @@ class AgentService:
             if hello.last_revision > self.store.cache.revision:
                 with contextlib.suppress(Unavailable):
                     await self.store.wait_for(hello.last_revision, timeout=2.0)
-            stream, kind = self.fanout.attach(session.host, hello.last_revision)
+            services = bool({"l3", "dhcp"} & set(hello.services))
+            stream, kind = self.fanout.attach(session.host, hello.last_revision, services)
             session.stream = stream
             log.info(
                 "agent %s (%s) connected: %s at revision %d (it had %d)",
@@ -455,6 +466,11 @@ class AgentService:
                         self._reported_host[st.port_id] = session.host
                         session.pending.add(st.port_id)
                 session.wake.set()
+            elif kind == "service_status":
+                try:
+                    await self._write_service_status(session.host, msg.service_status)
+                except BaryonError as err:
+                    log.warning("agent %s: router status update failed: %s", session.host, err)
             elif kind == "hello":
                 raise InvalidArgument("Hello is only valid as the first message", field="hello")
 
@@ -484,6 +500,29 @@ class AgentService:
                 return  # deleted, or a newer session owns the record
             changes = {"last_seen": time.time(), "applied_revision": applied}
             txn.update(old, bump(old, changes))
+
+        await self.store.commit(build)
+
+    async def _write_service_status(self, host: str, report: agent_pb2.ServiceStatusReport) -> None:
+        """Floating IPs of the routers scheduled to `host` are ACTIVE when its agent has
+        applied them, DOWN otherwise; routers take the status the agent reports."""
+        active = set(report.active_floating_ips)
+        routers = {r.router_id: r.status for r in report.routers if r.status in PORT_STATUSES}
+        cache = self.store.cache
+
+        def build(txn: Txn) -> None:
+            for rb in cache.related(RouterBinding, "host_routers", host):
+                router = cache.get(Router, rb.router_id)
+                if router is None:
+                    continue
+                txn.depends_on(rb)
+                want = routers.get(router.id)
+                if want is not None and router.status != want:
+                    txn.update(router, bump(router, {"status": want}))
+                for fip in cache.related(FloatingIP, "fip_router", router.id):
+                    status = "ACTIVE" if fip.id in active else "DOWN"
+                    if fip.status != status:
+                        txn.update(fip, bump(fip, {"status": status}))
 
         await self.store.commit(build)
 

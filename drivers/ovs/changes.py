@@ -6,7 +6,9 @@ Three kinds, applied in this order by the driver:
   which returns once ovs-vswitchd has applied it;
 - flow changes: replace or delete one group of flows (one cookie) on one bridge; all
   of one bridge go into one atomic ``ovs-ofctl --bundle``;
-- link changes: delete a port device Baryon created (netlink).
+- link changes (netlink): the per-port hybrid-plug devices (qbr/qvb/qvo) are made
+  BEFORE the OVSDB transaction (OVS must find qvo to open it); hybrid devices and port
+  devices Baryon created are deleted AFTER it (once unwired).
 
 Each is a small frozen dataclass that says what it does (``str()``) and converges
 towards the target it names whatever it finds (create or update; delete if present),
@@ -19,9 +21,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from drivers import sysctl
 from drivers.model import FrozenDict
-from drivers.netlink import delete_link
+from drivers.netlink import delete_link, get_link
+from drivers.nsdev import run_cmd
 from drivers.ovs.flows import Flow
+from drivers.ovs.naming import hybrid_alias, hybrid_names
 from drivers.ovs.ovsdb import TxnContext, col, merged
 
 # The keys of Port.other_config and Interface.external_ids the driver owns (Neutron's
@@ -225,4 +230,90 @@ class DeleteDevice:
         await delete_link(ipr, self.name)
 
 
-OvsChange = OvsdbChange | FlowChange | DeleteDevice
+@dataclass(frozen=True, slots=True)
+class EnsureHybridPlug:
+    """Neutron's hybrid plug for one port: a Linux bridge qbr<port> holding the tap and
+    the veth end qvb<port>, whose peer qvo<port> goes into the integration bridge (a
+    WirePort of the same plan). IPv6 off on all three (they only forward), TX checksum
+    offload off on qvb (it sends into OVS's userspace datapath, which drops TCP whose
+    checksum was left to the NIC), everything up. Creates what is missing, fixes the
+    rest; a veth with one end gone is recreated."""
+
+    port_id: str
+    tap: str
+    mtu: int
+
+    @property
+    def removes_stale(self) -> bool:
+        return False
+
+    def __str__(self) -> str:
+        qbr, qvb, qvo = hybrid_names(self.port_id)
+        return f"ensure hybrid plug {self.tap} -> {qbr} -> {qvb}/{qvo} mtu {self.mtu}"
+
+    async def apply(self, ipr: Any, netns: str | None) -> None:
+        qbr, qvb, qvo = hybrid_names(self.port_id)
+        alias = hybrid_alias(self.port_id)
+        if await get_link(ipr, qbr) is None:
+            # br_netfilter on from the start (the firewall also checks it): no window
+            # in which the firewall's guard drops the port's traffic.
+            await ipr.link(
+                "add",
+                ifname=qbr,
+                kind="bridge",
+                br_stp_state=0,
+                br_forward_delay=0,
+                br_nf_call_iptables=1,
+                br_nf_call_ip6tables=1,
+            )
+        have_qvb = await get_link(ipr, qvb) is not None
+        have_qvo = await get_link(ipr, qvo) is not None
+        if not (have_qvb and have_qvo):
+            await delete_link(ipr, qvb)
+            await delete_link(ipr, qvo)
+            await ipr.link("add", ifname=qvb, kind="veth", mtu=self.mtu, peer={"ifname": qvo})
+        # Before anything is up: no IPv6 link-local chatter into the overlay.
+        await sysctl.disable_ipv6(netns, [qbr, qvb, qvo])
+        for dev in (qbr, qvb, qvo):
+            await ipr.link("set", ifname=dev, ifalias=alias)
+        for dev in (qvb, qvo):
+            await ipr.link("set", ifname=dev, mtu=self.mtu)
+        qbr_index = (await ipr.link_lookup(ifname=qbr))[0]
+        for dev in (qvb, self.tap):
+            await ipr.link("set", ifname=dev, master=qbr_index)
+        await _tx_off(netns, qvb)
+        for dev in (qbr, qvb, qvo, self.tap):
+            await ipr.link("set", ifname=dev, state="up")
+
+
+async def _tx_off(netns: str | None, device: str) -> None:
+    argv = ["ethtool", "-K", device, "tx", "off"]
+    if netns is not None:
+        argv = ["ip", "netns", "exec", netns, *argv]
+    await run_cmd(*argv)
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteHybridPlug:
+    """Delete a port's qbr bridge and qvb/qvo veth (the tap is released, not deleted):
+    the port is gone (stale) or no longer needs a firewall bridge (not stale)."""
+
+    port_id: str
+    stale: bool = True
+
+    @property
+    def removes_stale(self) -> bool:
+        return self.stale
+
+    def __str__(self) -> str:
+        qbr, qvb, qvo = hybrid_names(self.port_id)
+        return f"delete hybrid plug {qbr} {qvb}/{qvo}"
+
+    async def apply(self, ipr: Any) -> None:
+        qbr, qvb, qvo = hybrid_names(self.port_id)
+        for dev in (qvb, qvo, qbr):
+            await delete_link(ipr, dev)
+
+
+LinkChange = EnsureHybridPlug | DeleteHybridPlug | DeleteDevice
+OvsChange = OvsdbChange | FlowChange | LinkChange

@@ -21,6 +21,9 @@ class OvsConfig:
         internal port of an OVS bridge (userspace tunnels only route out through OVS).
     ovs_rundir: where ovs-vswitchd keeps ``<bridge>.mgmt`` (default: the directory of
         the OVSDB unix socket, as in a standard installation).
+    hybrid_plug: ports with port security get Neutron's hybrid plug (tap -> per-port
+        Linux bridge qbr -> veth qvb/qvo -> br-int) so a bridge-based firewall
+        (drivers.firewall, br_netfilter) can filter them; others are plugged directly.
     """
 
     ovsdb: str
@@ -33,6 +36,7 @@ class OvsConfig:
     vxlan_port: int = VXLAN_DEFAULT_PORT
     ovs_rundir: str | None = None
     timeout: float = 10.0
+    hybrid_plug: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "bridge_mappings", FrozenDict(self.bridge_mappings))

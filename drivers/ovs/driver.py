@@ -31,6 +31,19 @@ function of one network. It also matches what Neutron operators know (same names
 same other_config keys) and what the mixed Linux bridge/OVS test needs (untagged VXLAN
 on UDP 4789 with flow-based VNI).
 
+Hybrid plug (``hybrid_plug=True``, for the nftables firewall): a port with port
+security gets Neutron's hybrid plug, tap -> Linux bridge ``qbr<port[:11]>`` -> veth
+``qvb<port[:11]>``/``qvo<port[:11]>`` -> br-int, and qvo (not the tap) is the access
+port carrying the tag, iface-id and attached-mac. The per-port bridge is where
+drivers.firewall filters (br_netfilter); ``port_bridges(desired)`` hands it the qbr of
+each such port. IPv6 is off on qbr/qvb/qvo, TX checksum offload off on qvb (it sends
+into the userspace datapath). The devices carry the ifalias ``baryon-hybrid:<port>``,
+are read back from netlink like everything else, created before the OVSDB transaction
+and deleted after it (a gone port's only with remove_stale). A port is ACTIVE only
+when tap and qvb sit in an up qbr and qvo is applied in br-int. Ports without port
+security keep the direct tap plug; turning port security on or off re-plugs the port
+(a converging change, not a stale removal).
+
 Flows are grouped by cookie (one per network, tunnel port and port, and a base
 group per bridge), read back with ``dump-flows`` and replaced group by group in
 one atomic ``ovs-ofctl --bundle`` per bridge, so a converged host yields an empty plan
@@ -62,7 +75,14 @@ from drivers.model import HostState, PortStatus
 from drivers.netlink import dump_links
 from drivers.ovs import planner
 from drivers.ovs.actual import ActualState, OvsdbSnapshot
-from drivers.ovs.changes import DeleteDevice, DeleteFlows, OvsdbChange, SetFlows
+from drivers.ovs.changes import (
+    DeleteDevice,
+    DeleteFlows,
+    DeleteHybridPlug,
+    EnsureHybridPlug,
+    OvsdbChange,
+    SetFlows,
+)
 from drivers.ovs.config import VXLAN_DEFAULT_PORT, OvsConfig
 from drivers.ovs.flows import Flow, OfctlError, apply_bundle, dump_flows, render_bundle
 from drivers.ovs.ovsdb import Ovsdb
@@ -87,6 +107,7 @@ class OvsDriver(DriverBase[ActualState]):
         vxlan_port: int = VXLAN_DEFAULT_PORT,
         ovs_rundir: str | None = None,
         timeout: float = 10.0,
+        hybrid_plug: bool = False,
     ) -> None:
         super().__init__()
         self.config = OvsConfig(
@@ -100,6 +121,7 @@ class OvsDriver(DriverBase[ActualState]):
             vxlan_port=vxlan_port,
             ovs_rundir=ovs_rundir,
             timeout=timeout,
+            hybrid_plug=hybrid_plug,
         )
         self._ovsdb = Ovsdb(ovsdb, timeout)
 
@@ -209,22 +231,37 @@ class OvsDriver(DriverBase[ActualState]):
     def diff(self, desired: HostState, actual: ActualState) -> Plan:
         return planner.diff(desired, actual, self.config, self.supported_network_types())
 
+    def port_bridges(self, desired: HostState) -> dict[str, str]:
+        """port id -> its hybrid-plug bridge (qbr<port>), for NftFirewall.sync's
+        ``port_bridges``: the ports with port security when hybrid_plug is on."""
+        return planner.port_bridges(desired, self.config)
+
     async def apply(self, plan: Plan) -> None:
-        """OVSDB changes in one transaction, then each bridge's flow changes in one
-        bundle, then device deletions; failures are collected and raised together."""
+        """Hybrid-plug devices first (OVS must find qvo), OVSDB changes in one
+        transaction, then each bridge's flow changes in one bundle, then device
+        deletions; failures are collected and raised together."""
         ovsdb_ops: list[OvsdbChange] = []
         flow_changes: dict[str, list[SetFlows | DeleteFlows]] = {}
-        devices: list[DeleteDevice] = []
+        devices: list[DeleteDevice | DeleteHybridPlug] = []
+        hybrid: list[EnsureHybridPlug] = []
         for change in plan:
             if isinstance(change, SetFlows | DeleteFlows):
                 flow_changes.setdefault(change.bridge, []).append(change)
-            elif isinstance(change, DeleteDevice):
+            elif isinstance(change, DeleteDevice | DeleteHybridPlug):
                 devices.append(change)
+            elif isinstance(change, EnsureHybridPlug):
+                hybrid.append(change)
             elif isinstance(change, OvsdbChange):
                 ovsdb_ops.append(change)
             else:
                 raise TypeError(f"not an Open vSwitch change: {change!r}")
         failures: list[tuple[Change, BaseException]] = []
+        for ensure in hybrid:
+            try:
+                await ensure.apply(self._require_ipr(), self.config.netns)
+            except Exception as exc:
+                log.warning("%s failed: %r", ensure, exc)
+                failures.append((ensure, exc))
         if ovsdb_ops:
             try:
                 # Blocking: commits and waits until ovs-vswitchd applied it. On purpose

@@ -11,8 +11,12 @@ __all__ = [
     "COOKIE_MASK",
     "COOKIE_PREFIX",
     "DEAD_VLAN",
+    "HYBRID_ALIAS_PREFIX",
     "TUNNEL_TYPES",
     "cookie_for",
+    "hybrid_alias",
+    "hybrid_names",
+    "hybrid_port_of",
     "int_patch_name",
     "is_our_cookie",
     "phys_patch_name",
@@ -58,6 +62,32 @@ def int_patch_name(physical_bridge: str) -> str:
 def phys_patch_name(physical_bridge: str) -> str:
     """The physical bridge's end of that patch ("phy-br-phys")."""
     return _fit("phy-", physical_bridge)
+
+
+# ifalias of the per-port hybrid-plug devices (qbr/qvb/qvo) Baryon made: they may be
+# deleted when the port goes away or stops needing them.
+HYBRID_ALIAS_PREFIX = "baryon-hybrid:"
+
+
+def hybrid_names(port_id: str) -> tuple[str, str, str]:
+    """Neutron's hybrid plug devices of a port: (qbr bridge, qvb veth end in it, qvo
+    veth end in the integration bridge)."""
+    short = port_id[:11]
+    return "qbr" + short, "qvb" + short, "qvo" + short
+
+
+def hybrid_alias(port_id: str) -> str:
+    return HYBRID_ALIAS_PREFIX + port_id
+
+
+def hybrid_port_of(name: str, alias: str | None) -> str | None:
+    """The port id a hybrid-plug device `name` (ifalias `alias`) was made for, or None
+    when it is not one of ours (alias missing, or naming another port's device)."""
+    alias = alias or ""
+    if not alias.startswith(HYBRID_ALIAS_PREFIX):
+        return None
+    port_id = alias[len(HYBRID_ALIAS_PREFIX) :]
+    return port_id if name in hybrid_names(port_id) else None
 
 
 def tunnel_port_name(network_type: str, remote_ip: str) -> str:

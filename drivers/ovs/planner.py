@@ -1,9 +1,10 @@
 """Pure functions of (desired, actual): the plan that converges a host, and port statuses.
 
-Plan order: bridges and patch ports, tunnel ports, port wiring, stale port/tunnel
-removals (all OVSDB: one transaction), then flow groups (one bundle per bridge), then
-deletion of stale port devices Baryon created. Changes that remove what the desired
-state does not mention are flagged ``removes_stale``.
+Plan order: hybrid-plug devices (netlink, first: OVS must find qvo), bridges and patch
+ports, tunnel ports, port wiring, stale port/tunnel removals (all OVSDB: one
+transaction), then flow groups (one bundle per bridge), then deletion of hybrid-plug
+devices no longer needed and of stale port devices Baryon created. Changes that
+remove what the desired state does not mention are flagged ``removes_stale``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from drivers.base import Change, Plan
 from drivers.model import (
     HostState,
     NetworkSpec,
+    PortSpec,
     PortStatus,
     is_owned_device,
     remote_vteps_of,
@@ -27,7 +29,9 @@ from drivers.ovs.changes import (
     PORT_KEYS,
     DeleteDevice,
     DeleteFlows,
+    DeleteHybridPlug,
     EnsureBridge,
+    EnsureHybridPlug,
     EnsurePatchPort,
     EnsureTunnelPort,
     RemovePort,
@@ -42,6 +46,9 @@ from drivers.ovs.naming import (
     PATCH_TUN_TO_INT,
     TUNNEL_TYPES,
     cookie_for,
+    hybrid_alias,
+    hybrid_names,
+    hybrid_port_of,
     int_patch_name,
     phys_patch_name,
     port_device_name,
@@ -349,7 +356,9 @@ def _port_group(
 # -- ports -----------------------------------------------------------------------------
 
 
-def _wire_port(port_id: str, mac: str, admin_up: bool, w: Wiring, config: OvsConfig) -> WirePort:
+def _wire_port(
+    port_id: str, mac: str, admin_up: bool, device: str, w: Wiring, config: OvsConfig
+) -> WirePort:
     net = w.network
     other = {"net_uuid": net.id, "network_type": net.network_type, "tag": str(w.tag)}
     if net.physical_network:
@@ -358,7 +367,7 @@ def _wire_port(port_id: str, mac: str, admin_up: bool, w: Wiring, config: OvsCon
         other["segmentation_id"] = str(net.segmentation_id)
     return WirePort(
         bridge=config.integration_bridge,
-        device=port_device_name(port_id),
+        device=device,
         tag=w.tag if admin_up else DEAD_VLAN,
         other_config=other,
         external_ids={"iface-id": port_id, "attached-mac": mac},
@@ -374,6 +383,58 @@ def _port_matches(actual: OvsPort | None, want: WirePort) -> bool:
     return (
         other == want.other_config and ext == want.external_ids and actual.mtu_request == want.mtu
     )
+
+
+# -- hybrid plug -------------------------------------------------------------------------
+
+
+def uses_hybrid_plug(port: PortSpec, config: OvsConfig) -> bool:
+    """Whether the port gets Neutron's hybrid plug (a firewall bridge of its own)."""
+    return config.hybrid_plug and port.port_security_enabled
+
+
+def ovs_device(port: PortSpec, config: OvsConfig) -> str:
+    """The port's device in the integration bridge: qvo<port> (hybrid) or its tap."""
+    if uses_hybrid_plug(port, config):
+        return hybrid_names(port.id)[2]
+    return port.device_name
+
+
+def port_bridges(desired: HostState, config: OvsConfig) -> dict[str, str]:
+    """port id -> its qbr bridge, for the ports with a hybrid plug (the firewall's
+    ``port_bridges``)."""
+    return {
+        p.id: hybrid_names(p.id)[0] for p in desired.ports.values() if uses_hybrid_plug(p, config)
+    }
+
+
+def hybrid_problem(port: PortSpec, mtu: int, actual: ActualState) -> str | None:
+    """What is missing from the port's hybrid plug (None: all wired, except qvo's place
+    in the integration bridge, which the OVSDB side checks)."""
+    qbr_name, qvb_name, qvo_name = hybrid_names(port.id)
+    alias = hybrid_alias(port.id)
+    qbr = actual.links.get(qbr_name)
+    if qbr is None or qbr.kind != "bridge":
+        return f"bridge {qbr_name} not found"
+    for name in (qvb_name, qvo_name):
+        link = actual.links.get(name)
+        if link is None or link.kind != "veth":
+            return f"veth {name} not found"
+        if link.mtu != mtu:
+            return f"{name} has mtu {link.mtu}, not {mtu}"
+    for name in (qbr_name, qvb_name, qvo_name):
+        if actual.links[name].alias != alias:
+            return f"{name} is not marked as Baryon's"
+    for name in (port.device_name, qvb_name):
+        link = actual.links.get(name)
+        if link is None:
+            return f"device {name} not found"
+        if link.master != qbr.index:
+            return f"{name} is not in {qbr_name}"
+    for name in (qbr_name, qvb_name, qvo_name, port.device_name):
+        if not actual.links[name].up:
+            return f"{name} is down"
+    return None
 
 
 def _is_our_port(port: OvsPort) -> bool:
@@ -438,26 +499,50 @@ def diff(
             changes.append(EnsureTunnelPort(br_tun, name, kind, options))
 
     wanted_groups = list(lay.groups)
+    hybrid_changes: list[Change] = []
     for spec in sorted(desired.ports.values(), key=lambda p: p.id):
         w = lay.wirings.get(spec.network_id)
         if w is None or spec.device_name not in actual.links:
             continue
-        want = _wire_port(spec.id, spec.mac, spec.admin_state_up, w, config)
+        device = ovs_device(spec, config)
+        if uses_hybrid_plug(spec, config) and hybrid_problem(spec, w.network.mtu, actual):
+            hybrid_changes.append(EnsureHybridPlug(spec.id, spec.device_name, w.network.mtu))
+        want = _wire_port(spec.id, spec.mac, spec.admin_state_up, device, w, config)
         if not _port_matches(actual.port(want.device), want):
             changes.append(want)
         group = _port_group(spec.id, spec.mac, spec.admin_state_up, want.device, w, config)
         if group is not None:
             wanted_groups.append(group)
 
-    # Stale: workload ports of ports no longer here, unused tunnels.
-    desired_devices = {p.device_name for p in desired.ports.values()}
+    # Stale: workload ports of ports no longer here, unused tunnels. A port still
+    # desired whose device in br-int changed (port security or hybrid plugging turned
+    # on or off: tap <-> qvo) is converging, not stale.
+    desired_devices = {ovs_device(p, config) for p in desired.ports.values()}
     stale_devices: list[Change] = []
     for port in sorted(actual.ports_on(br_int), key=lambda p: p.name):
         if _is_our_port(port) and port.name not in desired_devices:
-            changes.append(RemovePort(br_int, port.name))
+            converging = port.external_ids.get("iface-id") in desired.ports
+            changes.append(RemovePort(br_int, port.name, stale=not converging))
             link = actual.links.get(port.name)
-            if link is not None and is_owned_device(link.name, link.alias):
+            if not converging and link is not None and is_owned_device(link.name, link.alias):
                 stale_devices.append(DeleteDevice(port.name))
+    # Hybrid-plug devices (qbr/qvb/qvo) of ports gone, or of ports plugged directly now.
+    hybrid_ports = {
+        pid for link in actual.links.values() if (pid := hybrid_port_of(link.name, link.alias))
+    }
+    for pid in sorted(hybrid_ports):
+        owner = desired.ports.get(pid)
+        if owner is not None and uses_hybrid_plug(owner, config):
+            continue
+        stale_devices.insert(0, DeleteHybridPlug(pid, stale=owner is None))
+        tap = actual.links.get(port_device_name(pid))
+        if (
+            owner is None
+            and tap is not None
+            and is_owned_device(tap.name, tap.alias)
+            and DeleteDevice(tap.name) not in stale_devices
+        ):
+            stale_devices.append(DeleteDevice(tap.name))
     for port in sorted(actual.ports_on(br_tun), key=lambda p: p.name):
         if port.iface_type in TUNNEL_TYPES and port.name not in lay.tunnels:
             changes.append(RemovePort(br_tun, port.name))
@@ -479,7 +564,7 @@ def diff(
             if (bridge, cookie) not in wanted:
                 changes.append(DeleteFlows(bridge, cookie, stale=cookie not in live))
     changes.extend(stale_devices)
-    return Plan(tuple(changes))
+    return Plan(tuple(hybrid_changes + changes))
 
 
 # -- statuses --------------------------------------------------------------------------
@@ -509,9 +594,10 @@ def statuses(
             out.append(PortStatus(port.id, "ERROR", problem))
             continue
         w = lay.wirings[port.network_id]
-        status = _port_status(port.id, port.admin_state_up, w, by_net, base_ok, actual, config)
+        device = ovs_device(port, config)
+        status = _port_status(port, device, w, by_net, base_ok, actual, config)
         if status.status == "ACTIVE":
-            own = _port_group(port.id, port.mac, True, port.device_name, w, config)
+            own = _port_group(port.id, port.mac, True, device, w, config)
             if own is not None and actual.flow_group(own.bridge, own.cookie) != own.flows:
                 status = PortStatus(port.id, "DOWN", "flows not installed")
         out.append(status)
@@ -527,15 +613,23 @@ def _uplinks(w: Wiring, config: OvsConfig) -> list[str]:
 
 
 def _port_status(
-    port_id: str,
-    admin_up: bool,
+    spec: PortSpec,
+    device: str,
     w: Wiring,
     by_net: Mapping[str, list[FlowGroup]],
     base_ok: bool,
     actual: ActualState,
     config: OvsConfig,
 ) -> PortStatus:
-    device = port_device_name(port_id)
+    """ACTIVE only when every piece is wired: with a hybrid plug, the tap in its qbr
+    with qvb, and qvo (the device in br-int) applied by ovs-vswitchd with its tag."""
+    port_id, admin_up = spec.id, spec.admin_state_up
+    if spec.device_name not in actual.links:
+        return PortStatus(port_id, "DOWN", f"device {spec.device_name} not found")
+    if uses_hybrid_plug(spec, config):
+        problem = hybrid_problem(spec, w.network.mtu, actual)
+        if problem is not None:
+            return PortStatus(port_id, "DOWN", f"hybrid plug: {problem}")
     link = actual.links.get(device)
     if link is None:
         return PortStatus(port_id, "DOWN", f"device {device} not found")

@@ -8,7 +8,7 @@ from typing import Any
 
 from drivers.linuxbridge.naming import BRIDGE_PREFIX, TAP_PREFIX, VXLAN_PREFIX
 from drivers.model import FrozenDict
-from drivers.netlink import FdbEntry, Link, dump_links, dump_tunnel_fdb
+from drivers.netlink import FdbEntry, Link, RtnlDumper, dump_links, dump_tunnel_fdb
 from drivers.sysctl import ipv6_disabled
 
 
@@ -58,18 +58,37 @@ def _is_managed_device(link: Link, bridge_indexes: set[int]) -> bool:
     return link.name.startswith(TAP_PREFIX) or link.master in bridge_indexes
 
 
-async def read_actual_state(ipr: Any, netns: str | None) -> ActualState:
-    links = await dump_links(ipr)
+async def read_actual_state(
+    ipr: Any, netns: str | None, dumper: RtnlDumper | None = None
+) -> ActualState:
+    """Read the namespace back: with `dumper` (a raw socket in `netns`) the dumps are
+    decoded without pyroute2 and disable_ipv6 comes with the links (much cheaper);
+    otherwise through `ipr` and the sysctl files."""
+    v6: dict[str, bool] | None = None
+    if dumper is None:
+        links = await dump_links(ipr)
+    else:
+        with_v6 = await dumper.links_ipv6()
+        links = [link for link, _ in with_v6]
+        v6 = {link.name: off for link, off in with_v6 if off is not None}
     bridge_indexes = {
         lk.index for lk in links if lk.kind == "bridge" and lk.name.startswith(BRIDGE_PREFIX)
     }
     by_index = {link.index: link for link in links}
     fdb: dict[str, frozenset[FdbEntry]] = {}
-    if any(link.kind == "vxlan" for link in links):
-        for ifindex, entries in (await dump_tunnel_fdb(ipr)).items():
+    vxlan_indexes = {link.index for link in links if link.kind == "vxlan"}
+    if vxlan_indexes:
+        if dumper is None:
+            tunnel_fdb = await dump_tunnel_fdb(ipr)
+        else:
+            tunnel_fdb = await dumper.tunnel_fdb(vxlan_indexes)
+        for ifindex, entries in tunnel_fdb.items():
             owner = by_index.get(ifindex)
             if owner is not None and owner.kind == "vxlan":
                 fdb[owner.name] = frozenset(entries)
     managed = [link.name for link in links if _is_managed_device(link, bridge_indexes)]
-    ipv6 = await ipv6_disabled(netns, managed)
+    if v6 is None:
+        ipv6 = await ipv6_disabled(netns, managed)
+    else:
+        ipv6 = {name: v6[name] for name in managed if name in v6}
     return ActualState(links={link.name: link for link in links}, fdb=fdb, ipv6_off=ipv6)

@@ -14,7 +14,7 @@ from drivers.linuxbridge.actual import ActualState, read_actual_state
 from drivers.linuxbridge.changes import HostHandle, LinuxBridgeChange
 from drivers.linuxbridge.config import VXLAN_DEFAULT_PORT, LinuxBridgeConfig
 from drivers.model import HostState, PortStatus
-from drivers.netlink import PROBE_BOGUS_IFINDEX, probe_link_kind
+from drivers.netlink import PROBE_BOGUS_IFINDEX, RtnlDumper, probe_link_kind
 
 log = logging.getLogger(__name__)
 
@@ -38,15 +38,22 @@ class LinuxBridgeDriver(DriverBase[ActualState]):
             tunnel_ip=tunnel_ip,
             vxlan_port=vxlan_port,
         )
+        # Read-backs (2+ per sync) decode only what ActualState needs, off a raw socket.
+        self._dumper: RtnlDumper | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
         """Open the netlink socket of the managed namespace and probe the kernel."""
         self._open_ipr(self.config.netns)
+        if self._dumper is None:
+            self._dumper = RtnlDumper(self.config.netns)
         await self._probe()
 
     async def close(self) -> None:
+        if self._dumper is not None:
+            self._dumper.close()
+            self._dumper = None
         self._close_ipr()
 
     async def _probe(self) -> None:
@@ -88,7 +95,7 @@ class LinuxBridgeDriver(DriverBase[ActualState]):
     # -- the converge loop ---------------------------------------------------------------
 
     async def read_actual(self) -> ActualState:
-        return await read_actual_state(self._require_ipr(), self.config.netns)
+        return await read_actual_state(self._require_ipr(), self.config.netns, self._dumper)
 
     def diff(self, desired: HostState, actual: ActualState) -> Plan:
         return planner.diff(desired, actual, self.config, self.supported_network_types())

@@ -121,8 +121,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument(
         "--firewall",
         choices=FIREWALLS,
-        default="none",
-        help="security groups: nftables or none (default)",
+        default="nftables",
+        help="security groups: nftables (default) or none (no filtering on this host)",
     )
     p.add_argument(
         "--netns-prefix",

@@ -418,7 +418,9 @@ async def convergence(args: argparse.Namespace, procs: BenchProcesses, rep: dict
         argv = [sys.executable, "-m", "cli.main", "agent", "--controller", ctl.target]
         argv += ["--host", NODE_HOST, "--token", TOKEN, "--netns", node.ns]
         argv += ["--tunnel-ip", node.tunnel_ip, "--poll-interval", str(args.agent_poll_interval)]
-        argv += ["--log-level", "WARNING"]
+        # Convergence of the L2 wiring alone (the figures in bench/README.md are without
+        # the firewall; drop this to measure the default, which enforces security groups).
+        argv += ["--log-level", "WARNING", "--firewall", "none"]
         agent = procs.spawn(argv, procs.workdir / "agent.log")
         await api.wait_agent_alive(NODE_HOST)
         say(f"agent up (pid {agent.pid}, netns {node.ns}); one by one: {args.ports} ports ...")

@@ -83,6 +83,7 @@ class Agents:
                 "--physical-interface-mappings", "physnet1:eth1",
                 "--netns-prefix", f"{self.pool.prefix}{node.name}-",
                 "--state-dir", str(self.state / node.name),
+                "--firewall", "none",  # L3/DHCP failover alone
                 cwd=ROOT, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
             )  # fmt: skip
         finally:

@@ -64,6 +64,10 @@ class ServiceAgents(Agents):
             f"{self.ns_prefix}{node.name}-",
             "--state-dir",
             os.path.join(self.state_root, node.name),
+            # This file proves routing, NAT and DHCP; security groups are proven by
+            # test_agent_e2e.py and the firewall tests.
+            "--firewall",
+            "none",
         )
         return await super().start(node)
 

@@ -48,7 +48,7 @@ class Config:
     ml2: Ml2Config = field(default_factory=Ml2Config)
     # Agents (controller.agents): seconds a disconnected agent stays alive, the
     # per-stream queue bound, and how many recent revisions reconnects can catch up on.
-    agent_lease_ttl: int = 5
+    agent_lease_ttl: int = 2
     agent_queue_size: int = 256
     agent_ring_size: int = 4096
     # Scheduling (controller.scheduler): DHCP agents per DHCP-enabled network, and

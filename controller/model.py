@@ -86,6 +86,7 @@ class Port(Resource):
     binding_vif_details: dict[str, str] = field(default_factory=dict)
     binding_vnic_type: str = "normal"
     binding_profile: dict[str, str] = field(default_factory=dict)
+    status_reason: str = ""  # as the bound host's agent reported it
 
 
 @dataclass(slots=True)

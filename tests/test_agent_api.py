@@ -66,11 +66,11 @@ class FakeAgent:
     async def next(self, timeout: float = 5.0) -> agent_pb2.ControllerMessage:
         return await asyncio.wait_for(self.inbox.get(), timeout)
 
-    async def report(self, port_id: str, status: str) -> None:
+    async def report(self, port_id: str, status: str, reason: str = "") -> None:
         await self.call.write(
             agent_pb2.AgentMessage(
                 port_status=agent_pb2.PortStatusReport(
-                    statuses=[agent_pb2.PortStatus(port_id=port_id, status=status)]
+                    statuses=[agent_pb2.PortStatus(port_id=port_id, status=status, reason=reason)]
                 )
             )
         )
@@ -176,13 +176,23 @@ async def test_binding_snapshot_delta_status_liveness(
             ("192.0.2.1", [early.mac_address])
         ]
 
-        # Status reports: ACTIVE only through h2's agent.
+        # Status reports: only through h2's agent; an ERROR keeps the agent's reason.
+        await a2.report(p2.id, "ERROR", "physical network physnet9 is not mapped")
+
+        async def error_with_reason() -> bool:
+            got = await admin.ports.GetPort(port_pb2.GetPortRequest(id=p2.id))
+            return (got.status, got.status_reason) == (
+                "ERROR",
+                "physical network physnet9 is not mapped",
+            )
+
+        await wait_until(error_with_reason)
         await a1.report(p2.id, "ACTIVE")  # not bound there: ignored
         await a2.report(p2.id, "ACTIVE")
 
         async def active() -> bool:
             got = await admin.ports.GetPort(port_pb2.GetPortRequest(id=p2.id))
-            return bool(got.status == "ACTIVE")
+            return bool(got.status == "ACTIVE" and not got.status_reason)
 
         await wait_until(active)
 

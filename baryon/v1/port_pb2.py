@@ -27,7 +27,7 @@ from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mas
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x62\x61ryon/v1/port.proto\x12\tbaryon.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"0\n\x07\x46ixedIP\x12\x11\n\tsubnet_id\x18\x01 \x01(\t\x12\x12\n\nip_address\x18\x02 \x01(\t\".\n\x0b\x46ixedIPList\x12\x1f\n\x03ips\x18\x01 \x03(\x0b\x32\x12.baryon.v1.FixedIP\"\"\n\x13SecurityGroupIdList\x12\x0b\n\x03ids\x18\x01 \x03(\t\"=\n\x12\x41llowedAddressPair\x12\x12\n\nip_address\x18\x01 \x01(\t\x12\x13\n\x0bmac_address\x18\x02 \x01(\t\"\x9f\x07\n\x04Port\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nproject_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x0c\n\x04tags\x18\x05 \x03(\t\x12\x17\n\x0frevision_number\x18\x06 \x01(\x03\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nnetwork_id\x18\n \x01(\t\x12\x1b\n\x0e\x61\x64min_state_up\x18\x0b \x01(\x08H\x00\x88\x01\x01\x12\x0e\n\x06status\x18\x0c \x01(\t\x12\x13\n\x0bmac_address\x18\r \x01(\t\x12)\n\tfixed_ips\x18\x0e \x01(\x0b\x32\x16.baryon.v1.FixedIPList\x12\x11\n\tdevice_id\x18\x0f \x01(\t\x12\x14\n\x0c\x64\x65vice_owner\x18\x10 \x01(\t\x12\x37\n\x0fsecurity_groups\x18\x11 \x01(\x0b\x32\x1e.baryon.v1.SecurityGroupIdList\x12\"\n\x15port_security_enabled\x18\x12 \x01(\x08H\x01\x88\x01\x01\x12<\n\x15\x61llowed_address_pairs\x18\x13 \x03(\x0b\x32\x1d.baryon.v1.AllowedAddressPair\x12\x17\n\x0f\x62inding_host_id\x18\x14 \x01(\t\x12\x18\n\x10\x62inding_vif_type\x18\x15 \x01(\t\x12\x43\n\x13\x62inding_vif_details\x18\x16 \x03(\x0b\x32&.baryon.v1.Port.BindingVifDetailsEntry\x12\x1e\n\x11\x62inding_vnic_type\x18\x17 \x01(\tH\x02\x88\x01\x01\x12<\n\x0f\x62inding_profile\x18\x18 \x03(\x0b\x32#.baryon.v1.Port.BindingProfileEntry\x1a\x38\n\x16\x42indingVifDetailsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x35\n\x13\x42indingProfileEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x11\n\x0f_admin_state_upB\x18\n\x16_port_security_enabledB\x14\n\x12_binding_vnic_type\"2\n\x11\x43reatePortRequest\x12\x1d\n\x04port\x18\x01 \x01(\x0b\x32\x0f.baryon.v1.Port\"\x1c\n\x0eGetPortRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\xac\x02\n\x10ListPortsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x12\n\nproject_id\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x0c\n\x04tags\x18\x05 \x03(\t\x12\x10\n\x08tags_any\x18\x06 \x03(\t\x12\x12\n\nnetwork_id\x18\x07 \x01(\t\x12\x11\n\tdevice_id\x18\x08 \x01(\t\x12\x14\n\x0c\x64\x65vice_owner\x18\t \x01(\t\x12\x13\n\x0bmac_address\x18\n \x01(\t\x12\x17\n\x0f\x62inding_host_id\x18\x0b \x01(\t\x12\x0e\n\x06status\x18\x0c \x01(\t\x12\x1a\n\x12\x66ixed_ip_subnet_id\x18\r \x01(\t\x12\x18\n\x10\x66ixed_ip_address\x18\x0e \x01(\t\"L\n\x11ListPortsResponse\x12\x1e\n\x05ports\x18\x01 \x03(\x0b\x32\x0f.baryon.v1.Port\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"x\n\x11UpdatePortRequest\x12\x1d\n\x04port\x18\x01 \x01(\x0b\x32\x0f.baryon.v1.Port\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x13\n\x0bif_revision\x18\x03 \x01(\x03\"4\n\x11\x44\x65letePortRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0bif_revision\x18\x02 \x01(\x03\x32\xca\x02\n\x0bPortService\x12;\n\nCreatePort\x12\x1c.baryon.v1.CreatePortRequest\x1a\x0f.baryon.v1.Port\x12\x35\n\x07GetPort\x12\x19.baryon.v1.GetPortRequest\x1a\x0f.baryon.v1.Port\x12\x46\n\tListPorts\x12\x1b.baryon.v1.ListPortsRequest\x1a\x1c.baryon.v1.ListPortsResponse\x12;\n\nUpdatePort\x12\x1c.baryon.v1.UpdatePortRequest\x1a\x0f.baryon.v1.Port\x12\x42\n\nDeletePort\x12\x1c.baryon.v1.DeletePortRequest\x1a\x16.google.protobuf.Emptyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x62\x61ryon/v1/port.proto\x12\tbaryon.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"0\n\x07\x46ixedIP\x12\x11\n\tsubnet_id\x18\x01 \x01(\t\x12\x12\n\nip_address\x18\x02 \x01(\t\".\n\x0b\x46ixedIPList\x12\x1f\n\x03ips\x18\x01 \x03(\x0b\x32\x12.baryon.v1.FixedIP\"\"\n\x13SecurityGroupIdList\x12\x0b\n\x03ids\x18\x01 \x03(\t\"=\n\x12\x41llowedAddressPair\x12\x12\n\nip_address\x18\x01 \x01(\t\x12\x13\n\x0bmac_address\x18\x02 \x01(\t\"\xb6\x07\n\x04Port\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nproject_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x0c\n\x04tags\x18\x05 \x03(\t\x12\x17\n\x0frevision_number\x18\x06 \x01(\x03\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nnetwork_id\x18\n \x01(\t\x12\x1b\n\x0e\x61\x64min_state_up\x18\x0b \x01(\x08H\x00\x88\x01\x01\x12\x0e\n\x06status\x18\x0c \x01(\t\x12\x13\n\x0bmac_address\x18\r \x01(\t\x12)\n\tfixed_ips\x18\x0e \x01(\x0b\x32\x16.baryon.v1.FixedIPList\x12\x11\n\tdevice_id\x18\x0f \x01(\t\x12\x14\n\x0c\x64\x65vice_owner\x18\x10 \x01(\t\x12\x37\n\x0fsecurity_groups\x18\x11 \x01(\x0b\x32\x1e.baryon.v1.SecurityGroupIdList\x12\"\n\x15port_security_enabled\x18\x12 \x01(\x08H\x01\x88\x01\x01\x12<\n\x15\x61llowed_address_pairs\x18\x13 \x03(\x0b\x32\x1d.baryon.v1.AllowedAddressPair\x12\x17\n\x0f\x62inding_host_id\x18\x14 \x01(\t\x12\x18\n\x10\x62inding_vif_type\x18\x15 \x01(\t\x12\x43\n\x13\x62inding_vif_details\x18\x16 \x03(\x0b\x32&.baryon.v1.Port.BindingVifDetailsEntry\x12\x1e\n\x11\x62inding_vnic_type\x18\x17 \x01(\tH\x02\x88\x01\x01\x12<\n\x0f\x62inding_profile\x18\x18 \x03(\x0b\x32#.baryon.v1.Port.BindingProfileEntry\x12\x15\n\rstatus_reason\x18\x19 \x01(\t\x1a\x38\n\x16\x42indingVifDetailsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x35\n\x13\x42indingProfileEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x11\n\x0f_admin_state_upB\x18\n\x16_port_security_enabledB\x14\n\x12_binding_vnic_type\"2\n\x11\x43reatePortRequest\x12\x1d\n\x04port\x18\x01 \x01(\x0b\x32\x0f.baryon.v1.Port\"\x1c\n\x0eGetPortRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\xac\x02\n\x10ListPortsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x12\n\nproject_id\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x0c\n\x04tags\x18\x05 \x03(\t\x12\x10\n\x08tags_any\x18\x06 \x03(\t\x12\x12\n\nnetwork_id\x18\x07 \x01(\t\x12\x11\n\tdevice_id\x18\x08 \x01(\t\x12\x14\n\x0c\x64\x65vice_owner\x18\t \x01(\t\x12\x13\n\x0bmac_address\x18\n \x01(\t\x12\x17\n\x0f\x62inding_host_id\x18\x0b \x01(\t\x12\x0e\n\x06status\x18\x0c \x01(\t\x12\x1a\n\x12\x66ixed_ip_subnet_id\x18\r \x01(\t\x12\x18\n\x10\x66ixed_ip_address\x18\x0e \x01(\t\"L\n\x11ListPortsResponse\x12\x1e\n\x05ports\x18\x01 \x03(\x0b\x32\x0f.baryon.v1.Port\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"x\n\x11UpdatePortRequest\x12\x1d\n\x04port\x18\x01 \x01(\x0b\x32\x0f.baryon.v1.Port\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x13\n\x0bif_revision\x18\x03 \x01(\x03\"4\n\x11\x44\x65letePortRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0bif_revision\x18\x02 \x01(\x03\x32\xca\x02\n\x0bPortService\x12;\n\nCreatePort\x12\x1c.baryon.v1.CreatePortRequest\x1a\x0f.baryon.v1.Port\x12\x35\n\x07GetPort\x12\x19.baryon.v1.GetPortRequest\x1a\x0f.baryon.v1.Port\x12\x46\n\tListPorts\x12\x1b.baryon.v1.ListPortsRequest\x1a\x1c.baryon.v1.ListPortsResponse\x12;\n\nUpdatePort\x12\x1c.baryon.v1.UpdatePortRequest\x1a\x0f.baryon.v1.Port\x12\x42\n\nDeletePort\x12\x1c.baryon.v1.DeletePortRequest\x1a\x16.google.protobuf.Emptyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,23 +47,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ALLOWEDADDRESSPAIR']._serialized_start=265
   _globals['_ALLOWEDADDRESSPAIR']._serialized_end=326
   _globals['_PORT']._serialized_start=329
-  _globals['_PORT']._serialized_end=1256
-  _globals['_PORT_BINDINGVIFDETAILSENTRY']._serialized_start=1078
-  _globals['_PORT_BINDINGVIFDETAILSENTRY']._serialized_end=1134
-  _globals['_PORT_BINDINGPROFILEENTRY']._serialized_start=1136
-  _globals['_PORT_BINDINGPROFILEENTRY']._serialized_end=1189
-  _globals['_CREATEPORTREQUEST']._serialized_start=1258
-  _globals['_CREATEPORTREQUEST']._serialized_end=1308
-  _globals['_GETPORTREQUEST']._serialized_start=1310
-  _globals['_GETPORTREQUEST']._serialized_end=1338
-  _globals['_LISTPORTSREQUEST']._serialized_start=1341
-  _globals['_LISTPORTSREQUEST']._serialized_end=1641
-  _globals['_LISTPORTSRESPONSE']._serialized_start=1643
-  _globals['_LISTPORTSRESPONSE']._serialized_end=1719
-  _globals['_UPDATEPORTREQUEST']._serialized_start=1721
-  _globals['_UPDATEPORTREQUEST']._serialized_end=1841
-  _globals['_DELETEPORTREQUEST']._serialized_start=1843
-  _globals['_DELETEPORTREQUEST']._serialized_end=1895
-  _globals['_PORTSERVICE']._serialized_start=1898
-  _globals['_PORTSERVICE']._serialized_end=2228
+  _globals['_PORT']._serialized_end=1279
+  _globals['_PORT_BINDINGVIFDETAILSENTRY']._serialized_start=1101
+  _globals['_PORT_BINDINGVIFDETAILSENTRY']._serialized_end=1157
+  _globals['_PORT_BINDINGPROFILEENTRY']._serialized_start=1159
+  _globals['_PORT_BINDINGPROFILEENTRY']._serialized_end=1212
+  _globals['_CREATEPORTREQUEST']._serialized_start=1281
+  _globals['_CREATEPORTREQUEST']._serialized_end=1331
+  _globals['_GETPORTREQUEST']._serialized_start=1333
+  _globals['_GETPORTREQUEST']._serialized_end=1361
+  _globals['_LISTPORTSREQUEST']._serialized_start=1364
+  _globals['_LISTPORTSREQUEST']._serialized_end=1664
+  _globals['_LISTPORTSRESPONSE']._serialized_start=1666
+  _globals['_LISTPORTSRESPONSE']._serialized_end=1742
+  _globals['_UPDATEPORTREQUEST']._serialized_start=1744
+  _globals['_UPDATEPORTREQUEST']._serialized_end=1864
+  _globals['_DELETEPORTREQUEST']._serialized_start=1866
+  _globals['_DELETEPORTREQUEST']._serialized_end=1918
+  _globals['_PORTSERVICE']._serialized_start=1921
+  _globals['_PORTSERVICE']._serialized_end=2251
 # @@protoc_insertion_point(module_scope)

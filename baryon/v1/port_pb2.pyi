@@ -186,6 +186,7 @@ class Port(_message.Message):
     BINDING_VIF_DETAILS_FIELD_NUMBER: _builtins.int
     BINDING_VNIC_TYPE_FIELD_NUMBER: _builtins.int
     BINDING_PROFILE_FIELD_NUMBER: _builtins.int
+    STATUS_REASON_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     project_id: _builtins.str
     name: _builtins.str
@@ -209,6 +210,8 @@ class Port(_message.Message):
     """binding:vif_type: unbound, binding_failed, bridge, ovs. Read-only."""
     binding_vnic_type: _builtins.str
     """binding:vnic_type. Default "normal"."""
+    status_reason: _builtins.str
+    """Why the port is ERROR (or DOWN), as the bound host's agent reported it. Read-only."""
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -255,10 +258,11 @@ class Port(_message.Message):
         binding_vif_details: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         binding_vnic_type: _builtins.str | None = ...,
         binding_profile: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        status_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_admin_state_up", b"_admin_state_up", "_binding_vnic_type", b"_binding_vnic_type", "_port_security_enabled", b"_port_security_enabled", "admin_state_up", b"admin_state_up", "binding_vnic_type", b"binding_vnic_type", "created_at", b"created_at", "fixed_ips", b"fixed_ips", "port_security_enabled", b"port_security_enabled", "security_groups", b"security_groups", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_admin_state_up", b"_admin_state_up", "_binding_vnic_type", b"_binding_vnic_type", "_port_security_enabled", b"_port_security_enabled", "admin_state_up", b"admin_state_up", "allowed_address_pairs", b"allowed_address_pairs", "binding_host_id", b"binding_host_id", "binding_profile", b"binding_profile", "binding_vif_details", b"binding_vif_details", "binding_vif_type", b"binding_vif_type", "binding_vnic_type", b"binding_vnic_type", "created_at", b"created_at", "description", b"description", "device_id", b"device_id", "device_owner", b"device_owner", "fixed_ips", b"fixed_ips", "id", b"id", "mac_address", b"mac_address", "name", b"name", "network_id", b"network_id", "port_security_enabled", b"port_security_enabled", "project_id", b"project_id", "revision_number", b"revision_number", "security_groups", b"security_groups", "status", b"status", "tags", b"tags", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_admin_state_up", b"_admin_state_up", "_binding_vnic_type", b"_binding_vnic_type", "_port_security_enabled", b"_port_security_enabled", "admin_state_up", b"admin_state_up", "allowed_address_pairs", b"allowed_address_pairs", "binding_host_id", b"binding_host_id", "binding_profile", b"binding_profile", "binding_vif_details", b"binding_vif_details", "binding_vif_type", b"binding_vif_type", "binding_vnic_type", b"binding_vnic_type", "created_at", b"created_at", "description", b"description", "device_id", b"device_id", "device_owner", b"device_owner", "fixed_ips", b"fixed_ips", "id", b"id", "mac_address", b"mac_address", "name", b"name", "network_id", b"network_id", "port_security_enabled", b"port_security_enabled", "project_id", b"project_id", "revision_number", b"revision_number", "security_groups", b"security_groups", "status", b"status", "status_reason", b"status_reason", "tags", b"tags", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__admin_state_up: _TypeAlias = _typing.Literal["admin_state_up"]  # noqa: Y015
     _WhichOneofArgType__admin_state_up: _TypeAlias = _typing.Literal["_admin_state_up", b"_admin_state_up"]  # noqa: Y015

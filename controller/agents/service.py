@@ -79,7 +79,8 @@ class Session:
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     # The agent's latest report per port, and the ports whose stored status must be
     # brought in line with it.
-    statuses: dict[str, str] = field(default_factory=dict)
+    # port id -> (status, reason) as the agent last reported them
+    statuses: dict[str, tuple[str, str]] = field(default_factory=dict)
     pending: set[str] = field(default_factory=set)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -122,7 +123,7 @@ class AgentService:
             if session is None or not hoststate.is_bound_to(port, session.host):
                 continue
             reported = session.statuses.get(id_)
-            if reported is not None and reported != port.status:
+            if reported is not None and reported != (port.status, port.status_reason):
                 session.pending.add(id_)
                 session.wake.set()
 
@@ -434,6 +435,7 @@ class AgentService:
                         "binding_vif_type": result.vif_type,
                         "binding_vif_details": dict(result.vif_details),
                         "status": "DOWN",
+                        "status_reason": "",
                     }
                     txn.update(port, bump(port, changes))
                     n += 1
@@ -462,7 +464,8 @@ class AgentService:
                             log.warning(
                                 "agent %s: port %s ERROR: %s", session.host, st.port_id, st.reason
                             )
-                        session.statuses[st.port_id] = st.status
+                        reason = "" if st.status == "ACTIVE" else st.reason
+                        session.statuses[st.port_id] = (st.status, reason)
                         self._reported_host[st.port_id] = session.host
                         session.pending.add(st.port_id)
                 session.wake.set()
@@ -540,7 +543,7 @@ class AgentService:
                 await asyncio.sleep(RETRY_INTERVAL)
                 session.wake.set()
 
-    async def _write_statuses(self, host: str, wanted: dict[str, str]) -> None:
+    async def _write_statuses(self, host: str, wanted: dict[str, tuple[str, str]]) -> None:
         """Store the statuses the agent of `host` reported (ports bound elsewhere are
         ignored)."""
         for ids in chunked(sorted(wanted), TXN_CHUNK):
@@ -550,7 +553,9 @@ class AgentService:
                     port = self.store.cache.get(Port, port_id)
                     if port is None or not hoststate.is_bound_to(port, host):
                         continue
-                    if port.status != wanted[port_id]:
-                        txn.update(port, bump(port, {"status": wanted[port_id]}))
+                    status, reason = wanted[port_id]
+                    if (port.status, port.status_reason) != (status, reason):
+                        changes = {"status": status, "status_reason": reason}
+                        txn.update(port, bump(port, changes))
 
             await self.store.commit(build)

@@ -496,6 +496,7 @@ class PortService(Service):
             if "binding_host_id" in attrs:
                 changes.update(binding.port_fields(self.cache, net, attrs["binding_host_id"]))
                 changes["status"] = "DOWN"
+                changes["status_reason"] = ""
             new = bump(old, changes)
             txn.update(old, new)
             return new

@@ -3,7 +3,8 @@
 Each fake agent opens its own channel (``grpc.use_local_subchannel_pool=1``: its own
 TCP connection, like N separate hosts), says Hello on ``AgentService.Connect`` as a
 Linux bridge agent of host ``<prefix><i>``, holds the stream, reads every message and
-acks every revision (as the real agent does; it reports no port status and touches no
+acks the latest revision when the stream has been quiet for a second (as the real
+agent does, see agent/main.py ACK_QUIET; it reports no port status and touches no
 dataplane). Run by the benchmark as a subprocess (never a fork of a grpc process):
 
     python -m bench.fake_agents --target HOST:PORT --token TOKEN --hosts 1000
@@ -28,6 +29,7 @@ import contextlib
 import resource
 import sys
 import time
+from typing import Any
 
 import grpc
 
@@ -43,7 +45,11 @@ CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.use_local_subchannel_pool", 1),
 ]
-TAG_BASE = 10_000  # rule ports below this are not benchmark tags
+TAG_BASE = 10_000
+# agent/main.py: ACK_QUIET, ACK_MAX and the default --poll-interval.
+ACK_QUIET = 1.0
+ACK_MAX = 10.0
+POLL_INTERVAL = 1.0  # rule ports below this are not benchmark tags
 
 
 def raise_nofile() -> None:
@@ -105,6 +111,31 @@ def _tags(groups: list[agent_pb2.HostSecurityGroup]) -> set[int]:
     return out
 
 
+class Acks:
+    """The latest revision, acked as the real agent does: after ACK_QUIET without a
+    message, or ACK_MAX after the last ack while messages keep coming (checked every
+    poll interval, as the real agent's converge loop does)."""
+
+    def __init__(self) -> None:
+        self.pending = 0
+        self.acked = 0
+        self.acked_at = 0.0
+        self.last_message_at = 0.0
+
+    def got(self, revision: int) -> None:
+        self.pending = revision
+        self.last_message_at = time.monotonic()
+
+    async def run(self, call: Any) -> None:
+        while True:
+            await asyncio.sleep(POLL_INTERVAL)
+            now = time.monotonic()
+            quiet = now - self.last_message_at >= ACK_QUIET
+            if self.pending != self.acked and (quiet or now - self.acked_at >= ACK_MAX):
+                self.acked, self.acked_at = self.pending, now
+                await call.write(agent_pb2.AgentMessage(ack=agent_pb2.Ack(revision=self.acked)))
+
+
 async def fake_agent(i: int, args: argparse.Namespace, fleet: Fleet) -> None:
     hello = agent_pb2.AgentMessage(
         hello=agent_pb2.Hello(
@@ -123,6 +154,8 @@ async def fake_agent(i: int, args: argparse.Namespace, fleet: Fleet) -> None:
         try:
             call = agent_pb2_grpc.AgentServiceStub(channel).Connect(metadata=md)
             await call.write(hello)
+            acks = Acks()
+            ack_task = None if args.no_ack else asyncio.create_task(acks.run(call))
             while True:
                 msg = await call.read()
                 if msg is grpc.aio.EOF:
@@ -144,8 +177,9 @@ async def fake_agent(i: int, args: argparse.Namespace, fleet: Fleet) -> None:
                     continue
                 fleet.first_message(i)
                 fleet.ports(i, len(ports))
-                if not args.no_ack:
-                    await call.write(agent_pb2.AgentMessage(ack=agent_pb2.Ack(revision=revision)))
+                acks.got(revision)
+            if ack_task is not None:
+                ack_task.cancel()
             emit(f"ERR stream {i} ended by the controller")
         except grpc.aio.AioRpcError as err:
             emit(f"ERR stream {i}: {err.code().name}: {err.details()}")

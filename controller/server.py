@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -83,6 +84,9 @@ class Controller:
         await self.etcd.connect()
         self.store = Store(self.etcd, self.cfg.etcd_prefix)
         await self.store.start()
+        # What is loaded now (modules, the cache) lives as long as the process: keep
+        # it out of every future collection.
+        gc.freeze()
         drivers = load_type_drivers(self.cfg.ml2)
         sgs = SecurityGroupService(self.store, self.cfg)
         ports = PortService(self.store, self.cfg, sgs)
@@ -164,8 +168,17 @@ async def run(args: argparse.Namespace) -> int:
     return 0
 
 
+# The default first threshold (700 allocations) collects so often that objects living
+# for one fan-out round (~1,000 stream writes in flight) survive two collections and are
+# promoted, and every ~25 % growth of the old generation costs a full collection:
+# 100-170 ms pauses every few changes with 1,000 agent streams. Young collections every
+# 50,000 allocations let those objects die young; a young collection stays ~1-2 ms.
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    gc.set_threshold(*GC_THRESHOLDS)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

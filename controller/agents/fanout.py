@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 
 from baryon.v1 import agent_pb2
 from controller.agents import hoststate
-from controller.agents.hoststate import View
-from controller.model import Agent, Network, Port, Resource, SecurityGroupRule
+from controller.agents.hoststate import TUNNEL_TYPES, View, VtepKey
+from controller.model import Agent, Network, Port, Resource, SecurityGroup, SecurityGroupRule
 from controller.services.binding import BOUND_VIF_TYPES, is_alive
 from controller.store import Store
 
@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 
 # Sentinel in a stream's queue: the stream overflowed; send Resync + Snapshot.
 RESYNC = None
-QueueItem = agent_pb2.ControllerMessage | None
+# A message, or one serialized once for many streams.
+QueueItem = agent_pb2.ControllerMessage | bytes | None
 PortRef = tuple[str, str, str]  # (port id, host, network id)
 # Changes to these may change the routers / DHCP networks of service hosts.
 SERVICE_KINDS = frozenset({"router", "floatingip", "subnet", "router_binding", "dhcp_binding"})
@@ -45,6 +46,7 @@ class _PortInfo:
     host: str
     bound: bool
     groups: tuple[str, ...]
+    members: tuple[object, ...]  # what remote-group member sets take from the port
     spec: tuple[object, ...]
 
 
@@ -54,6 +56,7 @@ def _port_info(port: Port) -> _PortInfo:
         port.binding_host_id,
         port.binding_vif_type in BOUND_VIF_TYPES,
         tuple(port.security_groups),
+        (tuple(port.fixed_ips), tuple(port.allowed_address_pairs)),
         (
             port.mac_address,
             port.admin_state_up,
@@ -66,6 +69,30 @@ def _port_info(port: Port) -> _PortInfo:
 
 def _net_info(net: Network) -> tuple[object, ...]:
     return (hoststate.network_pb(net).SerializeToString(), net.admin_state_up)
+
+
+@dataclass(slots=True)
+class Impact:
+    """What one batch of changes may alter in the hosts' views (see Fanout._push)."""
+
+    everything: bool = False  # recompute every stream
+    hosts: set[str] = field(default_factory=set)  # recompute these hosts
+    full_nets: set[str] = field(default_factory=set)  # recompute hosts with these networks
+    services: bool = False  # recompute the hosts running L3 / DHCP
+    vteps: set[tuple[str, str]] = field(default_factory=set)  # (network, host) l2pop entries
+    sg_groups: set[str] = field(default_factory=set)  # groups whose rules may have changed
+    member_groups: set[str] = field(default_factory=set)  # groups whose members may have
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.everything
+            or self.hosts
+            or self.full_nets
+            or self.services
+            or self.vteps
+            or self.sg_groups
+            or self.member_groups
+        )
 
 
 @dataclass(eq=False)
@@ -95,6 +122,9 @@ class Fanout:
         self._rule_groups: dict[str, str] = {}  # rule id -> its group
         self._agent_host: dict[str, str] = {}  # agent id -> host
         self._host_agents: dict[str, set[str]] = {}  # host -> agent ids
+        # Counters (OVN-style): host views recomputed, and streams served a shared delta.
+        self.recomputes = 0
+        self.shared_deltas = 0
 
     def start(self) -> None:
         self._reset(self.store.cache.revision)
@@ -179,17 +209,15 @@ class Fanout:
         if not changes:
             # The store reloaded its cache (compaction): changes may have been lost.
             self._reset(revision)
-            self._push(revision, None, None, None)
+            self._push(revision, Impact(everything=True))
             return
-        nets: set[str] = set()
+        imp = Impact()
+        nets: set[str] = set()  # for the ring: networks whose ports catch-ups resend
         ports: set[PortRef] = set()
-        hosts: set[str] = set()
-        groups: set[str] = set()
         agents_changed: set[str] = set()
-        services = False
         for kind, id_, obj in changes:
             if kind in SERVICE_KINDS:
-                services = True
+                imp.services = True
             if kind == "port":
                 old = self._ports.get(id_)
                 new = _port_info(obj) if isinstance(obj, Port) else None
@@ -199,13 +227,24 @@ class Fanout:
                     self._ports.pop(id_, None)
                 else:
                     self._ports[id_] = new
+                imp.services = True  # DHCP hosts and router interfaces follow ports
+                if (
+                    old is None
+                    or new is None
+                    or old.members != new.members
+                    or old.groups != new.groups
+                ):
+                    for info in (old, new):
+                        if info is not None:
+                            imp.member_groups.update(info.groups)
                 for info in (old, new):
                     if info is not None:
-                        groups.update(info.groups)
                         nets.add(info.network_id)
                         if info.host:
-                            hosts.add(info.host)
+                            imp.hosts.add(info.host)
                             ports.add((id_, info.host, info.network_id))
+                            if info.bound:
+                                imp.vteps.add((info.network_id, info.host))
             elif kind == "network":
                 old_n = self._nets.get(id_)
                 new_n = _net_info(obj) if isinstance(obj, Network) else None
@@ -216,26 +255,31 @@ class Fanout:
                 else:
                     self._nets[id_] = new_n
                 nets.add(id_)
+                imp.full_nets.add(id_)
+                imp.services = True
             elif kind == "security_group":
-                groups.add(id_)
+                imp.sg_groups.add(id_)
             elif kind == "security_group_rule":
                 old_g = self._rule_groups.pop(id_, None)
                 if old_g is not None:
-                    groups.add(old_g)
+                    imp.sg_groups.add(old_g)
                 if isinstance(obj, SecurityGroupRule):
                     self._rule_groups[id_] = obj.security_group_id
-                    groups.add(obj.security_group_id)
+                    imp.sg_groups.add(obj.security_group_id)
             elif kind in ("agent", "agent_alive"):
                 agents_changed.add(id_)
         for h in self._update_tunnels(agents_changed):
-            nets.update(i.network_id for i in self._ports.values() if i.host == h)
+            moved = {i.network_id for i in self._ports.values() if i.host == h}
+            nets.update(moved)
+            imp.full_nets.update(moved)
+            imp.services = True
         if nets or ports:
             # (Security groups need no ring entry: catch-up deltas carry them whole.)
             self.ring.append((revision, frozenset(nets), frozenset(ports)))
             while len(self.ring) > self.ring_size:
                 self.floor = self.ring.popleft()[0]
-        if nets or ports or groups or services:
-            self._push(revision, nets, hosts, groups, services or bool(nets))
+        if imp:
+            self._push(revision, imp)
 
     def _index_agent(self, agent_id: str, host: str | None) -> None:
         old = self._agent_host.pop(agent_id, None)
@@ -277,40 +321,169 @@ class Fanout:
                     self._tunnels[host] = ip
         return moved
 
-    def _push(
-        self,
-        revision: int,
-        nets: set[str] | None,
-        hosts: set[str] | None,
-        groups: set[str] | None,
-        services: bool = True,
-    ) -> None:
-        """Send every affected stream its delta (None: every stream is affected)."""
+    def _push(self, revision: int, imp: Impact) -> None:
+        """Send every affected stream its delta.
+
+        Streams of the hosts a change is about (and every stream, after a reload) get
+        their view recomputed and diffed. Every other stream only sees other hosts'
+        changes through shared tables (remote VTEPs, security group rules, remote group
+        members): those entries are computed once per batch, and streams that need the
+        same entries get one message serialized once. A change that would alter which
+        entries a host needs (a rule now naming another remote group) falls back to a
+        recompute of that host.
+        """
         cache = self.store.cache
-        shared: dict[tuple[str, str], object] = {}  # parts every host sees alike
+        memo: dict[tuple[str, str], object] = {}  # parts every host sees alike
+        vteps = self._vtep_entries(imp)
+        rules: dict[str, agent_pb2.HostSecurityGroup | None] = {}
+        for group_id in imp.sg_groups:
+            sg = cache.get(SecurityGroup, group_id)
+            rules[group_id] = None if sg is None else hoststate.security_group_pb(cache, sg)
+        members: dict[str, frozenset[str]] = {}
+        messages: dict[tuple[object, ...], bytes] = {}
+        verdicts: dict[int, tuple[agent_pb2.HostSecurityGroup, str]] = {}
         for stream in list(self.streams):
             if stream.overflowed:
                 continue
-            if not (services and stream.services) and (
-                nets is not None
-                and hosts is not None
-                and groups is not None
-                and stream.host not in hosts
-                and stream.sent.networks.keys().isdisjoint(nets)
-                and stream.sent.sgs.keys().isdisjoint(groups)
-                and stream.sent.members.keys().isdisjoint(groups)
+            sent = stream.sent
+            if (
+                imp.everything
+                or (imp.services and stream.services)
+                or stream.host in imp.hosts
+                or not sent.networks.keys().isdisjoint(imp.full_nets)
             ):
+                self.recomputes += 1
+                self._recompute(stream, revision, memo)
                 continue
-            view = hoststate.compute(cache, stream.host, self._tunnels, shared)
-            delta = hoststate.diff(stream.sent, view, revision)
-            stream.sent = view
-            if delta is None:
+            up_vteps = []
+            del_vteps = []
+            for key, (host, macs) in vteps.items():
+                if host == stream.host or key[0] not in sent.networks:
+                    continue
+                had = sent.vteps.get(key)
+                if not macs:
+                    if had is not None:
+                        del_vteps.append(key)
+                elif had != macs:
+                    up_vteps.append(key)
+            up_groups = []
+            fallback = False
+            for group_id, pb in rules.items():
+                had_pb = sent.sgs.get(group_id)
+                if had_pb is None:
+                    continue
+                # Most streams hold the same message object: judge each object once
+                # (the memo keeps it referenced, so its id is not reused meanwhile).
+                judged = verdicts.get(id(had_pb))
+                if judged is None:
+                    if pb is None or _remote_groups(pb) != _remote_groups(had_pb):
+                        verdict = _FALLBACK
+                    else:
+                        verdict = _SAME if had_pb == pb else _UPSERT
+                    judged = verdicts[id(had_pb)] = (had_pb, verdict)
+                if judged[1] is _FALLBACK:
+                    fallback = True
+                    break
+                if judged[1] is _UPSERT:
+                    up_groups.append(group_id)
+            if fallback:
+                self.recomputes += 1
+                self._recompute(stream, revision, memo)
                 continue
-            try:
-                stream.queue.put_nowait(agent_pb2.ControllerMessage(delta=delta))
-            except asyncio.QueueFull:
-                log.warning("agent on %s is too far behind; it will be resynced", stream.host)
-                stream.overflowed = True
-                while not stream.queue.empty():
-                    stream.queue.get_nowait()
-                stream.queue.put_nowait(RESYNC)
+            up_members = []
+            for group_id in imp.member_groups:
+                had_members = sent.members.get(group_id)
+                if had_members is None:
+                    continue
+                now = members.get(group_id)
+                if now is None:
+                    now = members[group_id] = hoststate.group_members(cache, group_id)
+                if now != had_members:
+                    up_members.append(group_id)
+            if not (up_vteps or del_vteps or up_groups or up_members):
+                continue
+            shape = (tuple(up_vteps), tuple(del_vteps), tuple(up_groups), tuple(up_members))
+            data = messages.get(shape)
+            if data is None:
+                delta = agent_pb2.Delta(revision=revision)
+                for vk in up_vteps:
+                    delta.upsert_remote_vteps.append(hoststate.vtep_pb(vk, vteps[vk][1]))
+                for vk in del_vteps:
+                    delta.delete_remote_vteps.append(
+                        agent_pb2.RemoteVtepKey(network_id=vk[0], tunnel_ip=vk[1])
+                    )
+                for group_id in up_groups:
+                    pb = rules[group_id]
+                    assert pb is not None
+                    delta.upsert_security_groups.append(pb)
+                for group_id in up_members:
+                    delta.upsert_security_group_members.append(
+                        hoststate.members_pb(group_id, members[group_id])
+                    )
+                data = agent_pb2.ControllerMessage(delta=delta).SerializeToString()
+                messages[shape] = data
+            for vk in up_vteps:
+                sent.vteps[vk] = vteps[vk][1]
+            for vk in del_vteps:
+                del sent.vteps[vk]
+            for group_id in up_groups:
+                pb = rules[group_id]
+                assert pb is not None
+                sent.sgs[group_id] = pb
+            for group_id in up_members:
+                sent.members[group_id] = members[group_id]
+            self.shared_deltas += 1
+            self._enqueue(stream, data)
+
+    def _vtep_entries(self, imp: Impact) -> dict[VtepKey, tuple[str, frozenset[str]]]:
+        """(network, tunnel IP) -> (host, MACs of its bound ports) for the l2population
+        entries the changed ports may have altered. A tunnel IP shared by several hosts
+        is left to recomputes (each host leaves its own ports out of the union)."""
+        cache = self.store.cache
+        out: dict[VtepKey, tuple[str, frozenset[str]]] = {}
+        by_ip: dict[str, int] | None = None
+        for net_id, host in sorted(imp.vteps):
+            ip = self._tunnels.get(host)
+            net = cache.get(Network, net_id)
+            if ip is None or net is None or net.provider_network_type not in TUNNEL_TYPES:
+                continue
+            if by_ip is None:
+                by_ip = {}
+                for t in self._tunnels.values():
+                    by_ip[t] = by_ip.get(t, 0) + 1
+            if by_ip[ip] > 1:
+                imp.full_nets.add(net_id)
+                continue
+            macs = frozenset(
+                p.mac_address
+                for p in cache.related(Port, "host_ports", host)
+                if p.network_id == net_id and p.binding_vif_type in BOUND_VIF_TYPES
+            )
+            out[(net_id, ip)] = (host, macs)
+        return out
+
+    def _recompute(
+        self, stream: Stream, revision: int, memo: dict[tuple[str, str], object]
+    ) -> None:
+        view = hoststate.compute(self.store.cache, stream.host, self._tunnels, memo)
+        delta = hoststate.diff(stream.sent, view, revision)
+        stream.sent = view
+        if delta is not None:
+            self._enqueue(stream, agent_pb2.ControllerMessage(delta=delta))
+
+    def _enqueue(self, stream: Stream, item: agent_pb2.ControllerMessage | bytes) -> None:
+        try:
+            stream.queue.put_nowait(item)
+        except asyncio.QueueFull:
+            log.warning("agent on %s is too far behind; it will be resynced", stream.host)
+            stream.overflowed = True
+            while not stream.queue.empty():
+                stream.queue.get_nowait()
+            stream.queue.put_nowait(RESYNC)
+
+
+_SAME, _UPSERT, _FALLBACK = "same", "upsert", "fallback"
+
+
+def _remote_groups(pb: agent_pb2.HostSecurityGroup) -> frozenset[str]:
+    return frozenset(r.remote_group_id for r in pb.rules if r.remote_group_id)

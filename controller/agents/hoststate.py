@@ -55,19 +55,19 @@ class View:
         return agent_pb2.HostState(
             networks=[self.networks[k] for k in sorted(self.networks)],
             ports=[self.ports[k] for k in sorted(self.ports)],
-            remote_vteps=[_vtep(k, self.vteps[k]) for k in sorted(self.vteps)],
+            remote_vteps=[vtep_pb(k, self.vteps[k]) for k in sorted(self.vteps)],
             security_groups=[self.sgs[k] for k in sorted(self.sgs)],
-            security_group_members=[_members(k, self.members[k]) for k in sorted(self.members)],
+            security_group_members=[members_pb(k, self.members[k]) for k in sorted(self.members)],
             routers=[self.routers[k] for k in sorted(self.routers)],
             dhcp_networks=[self.dhcp[k] for k in sorted(self.dhcp)],
         )
 
 
-def _members(group_id: str, addresses: Iterable[str]) -> agent_pb2.SecurityGroupMembers:
+def members_pb(group_id: str, addresses: Iterable[str]) -> agent_pb2.SecurityGroupMembers:
     return agent_pb2.SecurityGroupMembers(security_group_id=group_id, addresses=sorted(addresses))
 
 
-def _vtep(key: VtepKey, macs: Iterable[str]) -> agent_pb2.RemoteVtep:
+def vtep_pb(key: VtepKey, macs: Iterable[str]) -> agent_pb2.RemoteVtep:
     return agent_pb2.RemoteVtep(network_id=key[0], tunnel_ip=key[1], mac_addresses=sorted(macs))
 
 
@@ -336,7 +336,7 @@ def diff(old: View, new: View, revision: int) -> agent_pb2.Delta | None:
     delta.delete_ports.extend(sorted(old.ports.keys() - new.ports.keys()))
     for key, macs in new.vteps.items():
         if old.vteps.get(key) != macs:
-            delta.upsert_remote_vteps.append(_vtep(key, macs))
+            delta.upsert_remote_vteps.append(vtep_pb(key, macs))
     for key in sorted(old.vteps.keys() - new.vteps.keys()):
         delta.delete_remote_vteps.append(
             agent_pb2.RemoteVtepKey(network_id=key[0], tunnel_ip=key[1])
@@ -347,7 +347,7 @@ def diff(old: View, new: View, revision: int) -> agent_pb2.Delta | None:
     delta.delete_security_groups.extend(sorted(old.sgs.keys() - new.sgs.keys()))
     for k, m in new.members.items():
         if old.members.get(k) != m:
-            delta.upsert_security_group_members.append(_members(k, m))
+            delta.upsert_security_group_members.append(members_pb(k, m))
     delta.delete_security_group_members.extend(sorted(old.members.keys() - new.members.keys()))
     for k, r in new.routers.items():
         if old.routers.get(k) != r:
@@ -405,10 +405,10 @@ def catch_up(
         if port_id in host_ports or p.network_id in touched_networks:
             delta.upsert_ports.append(p)
     delta.delete_ports.extend(sorted(host_ports - new.ports.keys()))
-    delta.upsert_remote_vteps.extend(_vtep(k, new.vteps[k]) for k in sorted(new.vteps))
+    delta.upsert_remote_vteps.extend(vtep_pb(k, new.vteps[k]) for k in sorted(new.vteps))
     delta.upsert_security_groups.extend(new.sgs[k] for k in sorted(new.sgs))
     delta.upsert_security_group_members.extend(
-        _members(k, new.members[k]) for k in sorted(new.members)
+        members_pb(k, new.members[k]) for k in sorted(new.members)
     )
     delta.upsert_routers.extend(new.routers[k] for k in sorted(new.routers))
     delta.upsert_dhcp_networks.extend(new.dhcp[k] for k in sorted(new.dhcp))

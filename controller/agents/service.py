@@ -2,10 +2,11 @@
 
 Registry layout (store kinds, see controller.model): ``agent/<id>`` holds what the
 agent said in its Hello plus bookkeeping (session, applied revision, last seen);
-``agent_alive/<id>`` is attached to an etcd lease that the controller serving the
-agent's stream keeps alive. When the stream ends the lease is no longer refreshed
-(not revoked: an agent restarting or moving to another controller within the TTL
-stays alive), so an agent that disappears is marked dead within ``agent_lease_ttl``.
+``agent_alive/<id>`` is attached to the liveness lease of the controller serving the
+agent's stream (controller.agents.liveness: one lease per controller). When the stream
+ends the key is deleted one TTL later unless a newer session wrote it (an agent
+restarting or moving to another controller within the TTL stays alive), so an agent
+that disappears is marked dead within ``agent_lease_ttl``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from google.protobuf import empty_pb2
 from baryon.v1 import agent_pb2, agent_pb2_grpc
 from controller.agents import hoststate
 from controller.agents.fanout import RESYNC, Fanout, Stream
+from controller.agents.liveness import LivenessLease
 from controller.api.servicers import guarded
 from controller.api.status import abort
 from controller.auth import Context, TokenTable
@@ -40,7 +42,7 @@ from controller.errors import (
     PermissionDenied,
     Unavailable,
 )
-from controller.etcd.client import EtcdError, LeaseKeeper, op_put
+from controller.etcd.client import EtcdError, op_put
 from controller.model import (
     Agent,
     AgentLiveness,
@@ -69,6 +71,22 @@ RECORD_INTERVAL = 30.0
 TXN_CHUNK = 40
 
 
+def _serialize(msg: agent_pb2.ControllerMessage | bytes) -> bytes:
+    return msg if isinstance(msg, bytes) else msg.SerializeToString()
+
+
+class _HandlerCapture:
+    """Stands in for the server to collect the generated method handlers."""
+
+    handlers: dict[str, Any]
+
+    def add_generic_rpc_handlers(self, _handlers: object) -> None:
+        pass
+
+    def add_registered_method_handlers(self, _name: str, handlers: dict[str, Any]) -> None:
+        self.handlers = handlers
+
+
 @dataclass(eq=False)
 class Session:
     id: str
@@ -91,12 +109,14 @@ class AgentService:
         self.cfg = cfg
         self.tokens = tokens
         self.fanout = Fanout(store, queue_size=cfg.agent_queue_size, ring_size=cfg.agent_ring_size)
+        self.liveness = LivenessLease(store.etcd, int(cfg.agent_lease_ttl))
         self.sessions: dict[str, Session] = {}  # agent id -> session served here
         self._host_sessions: dict[str, Session] = {}
         self._reported_host: dict[str, str] = {}  # port id -> host whose agent reported it
         self._handlers: set[asyncio.Task[Any]] = set()
         self._background: set[asyncio.Task[Any]] = set()
         self._closing = False
+        self._closed = asyncio.Event()
 
     # -- lifecycle
     def start(self) -> None:
@@ -130,6 +150,7 @@ class AgentService:
     async def close(self) -> None:
         """End every agent stream (agents move to another controller) and stop."""
         self._closing = True
+        self._closed.set()
         self.fanout.stop()
         if self._on_change in self.store.listeners:
             self.store.listeners.remove(self._on_change)
@@ -139,6 +160,7 @@ class AgentService:
             await asyncio.wait(list(self._handlers), timeout=2.0)
         if self._background:
             await asyncio.wait(list(self._background), timeout=2.0)
+        await self.liveness.close()
 
     def register(self, server: grpc.aio.Server) -> list[str]:
         service = self
@@ -159,7 +181,15 @@ class AgentService:
             methods[name] = guarded(self.tokens, handler)
         base = agent_pb2_grpc.AgentServiceServicer
         impl = type("AgentServiceImpl", (base,), methods)()
-        agent_pb2_grpc.add_AgentServiceServicer_to_server(impl, server)
+        # The generated handlers, except that Connect also writes messages the fan-out
+        # serialized once for many streams (bytes pass through).
+        capture = _HandlerCapture()
+        agent_pb2_grpc.add_AgentServiceServicer_to_server(impl, capture)  # type: ignore[arg-type]
+        handlers = dict(capture.handlers)
+        handlers["Connect"] = handlers["Connect"]._replace(response_serializer=_serialize)
+        name = "baryon.v1.AgentService"
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+        server.add_registered_method_handlers(name, handlers)
         return [agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name]
 
     # -- admin RPCs
@@ -313,11 +343,7 @@ class AgentService:
         agent_type = hello.agent_type or MECHANISMS[hello.mechanism][1]
         session = Session(uuid.uuid4().hex, hoststate.agent_id(agent_type, hello.host), hello.host)
         session.applied = hello.last_revision
-        etcd = self.store.etcd
-        ttl = max(1, int(self.cfg.agent_lease_ttl))
-        lease_id, ttl = await etcd.lease_grant(ttl)
-        lost = asyncio.Event()
-        keeper: LeaseKeeper = etcd.keep_lease_alive(lease_id, ttl, on_lost=lambda _: lost.set())
+        lease_id, lost = await self.liveness.acquire()
         try:
             revision = await self._register(session, hello, agent_type, lease_id)
             self.sessions[session.agent_id] = session
@@ -365,18 +391,32 @@ class AgentService:
                 for port_id in session.statuses:
                     if self._reported_host.get(port_id) == session.host:
                         del self._reported_host[port_id]
-            # Stop refreshing, do not revoke: the agent stays alive for one TTL.
-            bg = asyncio.create_task(self._end_session(keeper, session))
+            bg = asyncio.create_task(self._end_session(session))
             self._background.add(bg)
             bg.add_done_callback(self._background.discard)
 
-    async def _end_session(self, keeper: LeaseKeeper, session: Session) -> None:
+    async def _end_session(self, session: Session) -> None:
         try:
-            await keeper.stop()
             await asyncio.wait_for(self._write_record(session), 5.0)
         except Exception as exc:
             log.warning("agent %s: final record update failed: %r", session.host, exc)
         log.info("agent %s disconnected", session.host)
+        # The agent stays alive for one TTL: it may be restarting or moving. If this
+        # controller stops meanwhile, the key expires with its lease.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._closed.wait(), self.liveness.ttl)
+            return
+
+        def build(txn: Txn) -> None:
+            alive = self.store.cache.get(AgentLiveness, session.agent_id)
+            if alive is not None and alive.session == session.id:
+                txn.delete(alive)
+
+        try:
+            await self.store.commit(build)
+        except BaryonError as err:
+            # The key stays attached to this controller's lease; it goes with it.
+            log.warning("agent %s: liveness key not removed: %s", session.host, err)
 
     async def _register(
         self, session: Session, hello: agent_pb2.Hello, agent_type: str, lease_id: int

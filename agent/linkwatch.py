@@ -10,13 +10,11 @@ stays as the safety net (a missed notification, a lost socket).
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 from collections.abc import Callable
 
-from pyroute2 import AsyncIPRoute
-from pyroute2.netlink.rtnl import RTMGRP_LINK
-
-from drivers.netlink import netns_exists
+from drivers.netlink import LinkMonitor
 
 log = logging.getLogger(__name__)
 
@@ -24,33 +22,34 @@ RETRY_S = 1.0
 
 
 async def watch_links(
-    netns: str | None, on_change: Callable[[], None], prefixes: tuple[str, ...] = ("tap",)
+    netns: str | None,
+    on_change: Callable[[str | None], None],
+    prefixes: tuple[str, ...] = ("tap",),
 ) -> None:
-    """Run until cancelled; reopens the socket after errors."""
+    """Run until cancelled; reopens the socket after errors. ``on_change(name)`` for a
+    link that changed, ``on_change(None)`` when notifications may have been missed."""
     while True:
-        ipr = None
+        monitor = None
         try:
-            if netns is not None and not netns_exists(netns):
-                raise FileNotFoundError(f"network namespace {netns!r} does not exist")
-            if netns is None:
-                ipr = AsyncIPRoute(groups=RTMGRP_LINK)
-            else:
-                ipr = AsyncIPRoute(netns=netns, flags=0, groups=RTMGRP_LINK)
-            await ipr.bind(groups=RTMGRP_LINK)
+            monitor = LinkMonitor(netns)
+            on_change(None)  # whatever happened while not listening
             while True:
-                got = False
-                async for msg in ipr.get():
-                    got = True
-                    name = msg.get_attr("IFLA_IFNAME") or ""
+                try:
+                    names = await monitor.changed()
+                except OSError as exc:
+                    if exc.errno != errno.ENOBUFS:
+                        raise
+                    on_change(None)  # the kernel dropped notifications: resync
+                    continue
+                for name in names:
                     if name.startswith(prefixes):
-                        on_change()
-                if not got:
-                    await asyncio.sleep(0.01)
+                        on_change(name)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.warning("link watch in %s failed (%r); retrying", netns or "this netns", exc)
+            on_change(None)
             await asyncio.sleep(RETRY_S)
         finally:
-            if ipr is not None:
-                ipr.close()
+            if monitor is not None:
+                monitor.close()

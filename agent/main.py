@@ -35,7 +35,7 @@ from drivers.base import ApplyError, MechanismDriver
 from drivers.dhcp import DhcpDriver
 from drivers.l3 import L3Driver
 from drivers.linuxbridge import LinuxBridgeDriver
-from drivers.model import PortStatus
+from drivers.model import PortStatus, port_device_name
 from drivers.netlink import avoid_forking_for_netns_sockets
 
 log = logging.getLogger("baryon.agent")
@@ -171,6 +171,13 @@ class NodeAgent:
         self.acked = 0
         self.acked_at = 0.0
         self.last_message_at = 0.0
+        # What the next converge must cover: these ports only, or everything.
+        self.dirty_ports: set[str] = set()
+        self.full_sync = True
+        self.firewall_dirty = False
+        self._devices: dict[str, str] = {}  # port device name -> port id
+        self.scoped_syncs = 0
+        self.full_syncs = 0
         self.reported: dict[str, tuple[str, str]] = {}
         self.services = [s for s in args.services if s in IMPLEMENTED_SERVICES]
         self.received = False  # whether the current session got anything yet
@@ -193,7 +200,7 @@ class NodeAgent:
     async def run(self) -> None:
         converge = asyncio.create_task(self.converge_loop())
         # A workload plugged after its port's Delta: converge now, not at the next poll.
-        links = asyncio.create_task(watch_links(self.args.netns, self.dirty.set))
+        links = asyncio.create_task(watch_links(self.args.netns, self.link_changed))
         try:
             await self.connect_loop()
         finally:
@@ -271,9 +278,36 @@ class NodeAgent:
         elif kind == "delta":
             self.state.apply_delta(msg.delta)
             log.debug("delta at revision %d", msg.delta.revision)
+            scope = _delta_scope(msg.delta)
+            if scope is not None:
+                ports, groups = scope
+                self.dirty_ports.update(ports)
+                self.firewall_dirty |= groups
+                self.dirty.set()
+                return
         elif kind == "resync":
             log.warning("controller resyncs this agent: %s", msg.resync.reason)
             return
+        if log.isEnabledFor(logging.DEBUG):
+            what = getattr(msg, kind) if kind else None
+            fields = [f.name for f, _ in what.ListFields()] if what is not None else []
+            log.debug("%s (%s): full sync", kind, ", ".join(fields))
+        self.full_sync = True
+        self.dirty.set()
+
+    def link_changed(self, name: str | None) -> None:
+        """A port device appeared, changed or went (None: some may have, unseen)."""
+        port_id = None
+        if name is not None:
+            port_id = self._devices.get(name)
+            if port_id is None:
+                self._devices = {port_device_name(p): p for p in self.state.ports}
+                port_id = self._devices.get(name)
+        if port_id is not None and port_id in self.state.ports:
+            self.dirty_ports.add(port_id)
+        else:
+            log.debug("link %s changed: not a port here; full sync", name)
+            self.full_sync = True  # not a port we know: maybe a stale device to remove
         self.dirty.set()
 
     async def send(self, msg: agent_pb2.AgentMessage) -> None:
@@ -287,18 +321,57 @@ class NodeAgent:
 
     # -- converge
     async def converge_loop(self) -> None:
+        """Converge when told to and at least every poll interval. A wake-up about some
+        ports only (their Delta, their device's link notification) converges just those
+        when the driver can (``sync_ports``); everything else, and the periodic round,
+        is a full sync (read the whole host back, diff, remove what is stale)."""
+        loop = asyncio.get_running_loop()
+        last_full = loop.time()
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.dirty.wait(), self.args.poll_interval)
             self.dirty.clear()
             if not self.state.complete:
                 continue  # nothing is known yet: touch nothing
+            full = self.full_sync or loop.time() - last_full >= self.args.poll_interval
+            ports, self.dirty_ports = self.dirty_ports, set()
+            groups, self.firewall_dirty = self.firewall_dirty, False
             try:
-                await self.converge()
+                if not full and (ports or groups):
+                    self.scoped_syncs += 1
+                    full = not await self.converge_ports(ports)
+                    if full:
+                        log.debug("the driver cannot sync %s alone; full sync", sorted(ports))
+                if full:
+                    self.full_sync = False
+                    last_full = loop.time()
+                    self.full_syncs += 1
+                    await self.converge()
             except Exception:
                 # Never let the loop die: the next round (at most poll_interval away)
-                # starts again from what the host looks like then.
+                # starts again from what the host looks like then, in full.
                 log.exception("converge failed")
+                self.full_sync = True
+
+    async def converge_ports(self, ports: set[str]) -> bool:
+        """Converge just `ports`; False when only a full sync can (nothing done then)."""
+        desired = self.state.host_state()
+        revision = self.state.revision
+        if self.firewall is not None:
+            await self.firewall.before_l2(desired)
+        statuses: list[PortStatus] | None = []
+        try:
+            if ports:
+                statuses = await self.driver.sync_ports(desired, ports)
+        except ApplyError as err:
+            log.warning("%s", err)
+            statuses = err.statuses
+        if statuses is None:
+            return False
+        if self.firewall is not None:
+            await self.firewall.after_l2(desired)
+        await self.report(revision, statuses, partial=True)
+        return True
 
     async def converge(self) -> None:
         desired = self.state.host_state()
@@ -324,12 +397,17 @@ class NodeAgent:
                 await self.send(agent_pb2.AgentMessage(service_status=result.report))
                 self.service_report = result.report
 
-    async def report(self, revision: int, statuses: list[PortStatus]) -> None:
+    async def report(
+        self, revision: int, statuses: list[PortStatus], *, partial: bool = False
+    ) -> None:
+        """Send the statuses that changed; `partial`: these are some of the host's
+        ports only (a scoped sync), so the others are not forgotten."""
         if self.call is None:
             return
-        current = {s.port_id for s in statuses}
-        for gone in self.reported.keys() - current:
-            del self.reported[gone]  # left this host: report afresh if it comes back
+        if not partial:
+            current = {s.port_id for s in statuses}
+            for gone in self.reported.keys() - current:
+                del self.reported[gone]  # left this host: report afresh if it comes back
         changed = [
             agent_pb2.PortStatus(port_id=s.port_id, status=s.status, reason=s.reason)
             for s in statuses
@@ -353,6 +431,31 @@ class NodeAgent:
             await self.send(agent_pb2.AgentMessage(ack=agent_pb2.Ack(revision=revision)))
             self.acked = revision
             self.acked_at = now
+
+
+# Delta fields a scoped converge covers: port upserts (the driver's sync_ports) and
+# security group data (the firewall, which always syncs the whole desired state).
+_SCOPED_FIELDS = frozenset({"revision", "upsert_ports"})
+_FIREWALL_FIELDS = frozenset(
+    {
+        "upsert_security_groups",
+        "delete_security_groups",
+        "upsert_security_group_members",
+        "delete_security_group_members",
+    }
+)
+
+
+def _delta_scope(delta: agent_pb2.Delta) -> tuple[list[str], bool] | None:
+    """(ports added or changed, whether security group data changed) when that is all a
+    Delta does; None when it needs a full sync (deletions, networks, VTEPs, services)."""
+    groups = False
+    for field, _ in delta.ListFields():
+        if field.name in _FIREWALL_FIELDS:
+            groups = True
+        elif field.name not in _SCOPED_FIELDS:
+            return None
+    return [p.id for p in delta.upsert_ports], groups
 
 
 def make_services(args: argparse.Namespace) -> Services | None:

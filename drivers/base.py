@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Generic, Protocol, Self, TypeVar, cast, runtime_checkable
@@ -164,6 +164,14 @@ class MechanismDriver(Protocol[ActualT]):
 
     async def port_statuses(self, desired: HostState) -> list[PortStatus]: ...
 
+    async def sync_ports(
+        self, desired: HostState, port_ids: Collection[str]
+    ) -> list[PortStatus] | None:
+        """Converge only the ports `port_ids` of `desired` (added or changed, their
+        networks already in place), reading back only their devices; returns their
+        statuses. None: this driver, or this case, needs a full ``sync``."""
+        ...
+
     async def sync(self, desired: HostState, *, remove_stale: bool) -> list[PortStatus]: ...
 
 
@@ -234,6 +242,14 @@ class DriverBase(ABC, Generic[ActualT]):
 
     async def port_statuses(self, desired: HostState) -> list[PortStatus]:
         return self.statuses(desired, await self.read_actual())
+
+    async def sync_ports(
+        self, desired: HostState, port_ids: Collection[str]
+    ) -> list[PortStatus] | None:
+        """Converge only the ports `port_ids` of `desired` (added or changed, their
+        networks already in place), reading back only their devices; returns their
+        statuses. None: this driver, or this case, needs a full ``sync``."""
+        return None
 
     async def sync(self, desired: HostState, *, remove_stale: bool) -> list[PortStatus]:
         """Converge the host; returns the port statuses read back afterwards.

@@ -10,6 +10,7 @@ import socket
 import struct
 import threading
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -147,6 +148,8 @@ _NLM_F_DUMP_INTR = 0x10
 _NLMSG_ERROR = 2
 _NLMSG_DONE = 3
 _NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
+_RTM_NEWLINK = 16
+_RTM_DELLINK = 17
 _RTM_GETLINK = 18
 _RTM_GETNEIGH = 30
 _AF_BRIDGE = 7
@@ -186,6 +189,7 @@ _LINK_ATTRS = frozenset(
 )
 _FDB_ATTRS = frozenset((_NDA_DST, _NDA_LLADDR, _NDA_MASTER))
 _RECV_SIZE = 1 << 17  # a dump chunk is at most 32 KiB
+_GETLINK_CHUNK = 16
 _DUMP_RETRIES = 3  # dumps interrupted by concurrent changes (NLM_F_DUMP_INTR) are redone
 
 
@@ -325,6 +329,7 @@ class RtnlDumper:
             self.netns, socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE, flags=0
         )
         try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
             sock.bind((0, 0))
             sock.setblocking(False)
         except BaseException:
@@ -401,6 +406,67 @@ class RtnlDumper:
         request += _U32.pack(_RTEXT_FILTER_SKIP_STATS)
         msgs = await self._dump_consistent(_RTM_GETLINK, request)
         return [_parse_raw_link_ipv6(data, start, end) for data, start, end in msgs]
+
+    async def named_links_ipv6(self, names: Iterable[str]) -> list[tuple[Link, bool | None]]:
+        """What links_ipv6 returns, for just the links called `names` that exist: one
+        RTM_GETLINK per name, all sent at once (a scoped read-back costs O(names), not
+        O(links in the namespace))."""
+        wanted = sorted(set(names))
+        out: list[tuple[Link, bool | None]] = []
+        # In chunks: a few dozen answers (~2 KB each, more in socket memory) at once
+        # would overflow the receive buffer (ENOBUFS).
+        for i in range(0, len(wanted), _GETLINK_CHUNK):
+            out += await self._named_links(wanted[i : i + _GETLINK_CHUNK])
+        return out
+
+    async def _named_links(self, wanted: list[str]) -> list[tuple[Link, bool | None]]:
+        async with self._lock:
+            loop = asyncio.get_running_loop()
+            if self._sock is None:
+                self._sock = self._open()
+            sock = self._sock
+            pending: set[int] = set()
+            batch = b""
+            for name in wanted:
+                raw = name.encode() + b"\0"
+                attr = _NLA.pack(4 + len(raw), _IFLA_IFNAME) + raw
+                attr += b"\0" * (-len(attr) % 4)
+                mask = _NLA.pack(8, _IFLA_EXT_MASK) + _U32.pack(_RTEXT_FILTER_SKIP_STATS)
+                body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + attr + mask
+                self._seq = (self._seq + 1) & 0xFFFFFFFF
+                pending.add(self._seq)
+                batch += _NLMSGHDR.pack(
+                    _NLMSGHDR.size + len(body), _RTM_GETLINK, _NLM_F_REQUEST, self._seq, 0
+                )
+                batch += body
+            out: list[tuple[Link, bool | None]] = []
+            try:
+                await loop.sock_sendall(sock, batch)
+                while pending:
+                    data = await loop.sock_recv(sock, _RECV_SIZE)
+                    if not data:
+                        raise ConnectionError("netlink socket closed")
+                    off = 0
+                    while off + _NLMSGHDR.size <= len(data):
+                        length, kind, _flags, mseq, _pid = _NLMSGHDR.unpack_from(data, off)
+                        if length < _NLMSGHDR.size or off + length > len(data):
+                            break
+                        body_off = off + _NLMSGHDR.size
+                        end = off + length
+                        off += (length + 3) & ~3
+                        if mseq not in pending:
+                            continue
+                        pending.discard(mseq)
+                        if kind == _NLMSG_ERROR:
+                            code = -int(_I32.unpack_from(data, body_off)[0])
+                            if code not in (0, errno.ENODEV):
+                                raise NetlinkError(code, os.strerror(code))
+                        elif kind == _RTM_NEWLINK:
+                            out.append(_parse_raw_link_ipv6(data, body_off, end))
+            except BaseException:
+                self.close()  # answers may still be queued: start afresh next time
+                raise
+            return out
 
     async def tunnel_fdb(self, ifindexes: set[int] | None = None) -> dict[int, set[FdbEntry]]:
         """What dump_tunnel_fdb returns, optionally only for the devices `ifindexes`."""
@@ -574,6 +640,52 @@ def _socket_in_netns(
     return result
 
 
+_RTMGRP_LINK = 1
+
+
+class LinkMonitor:
+    """The kernel's link notifications (RTMGRP_LINK) in `netns`, decoded only as far
+    as the link's name: a node agent wakes on every change of every port device, and
+    pyroute2 would decode every attribute of every message (~2 KB each)."""
+
+    def __init__(self, netns: str | None) -> None:
+        if netns is not None and not netns_exists(netns):
+            raise FileNotFoundError(f"network namespace {netns!r} does not exist")
+        sock = _socket_in_netns(netns, socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            sock.bind((0, _RTMGRP_LINK))
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        self._sock = sock
+
+    def close(self) -> None:
+        self._sock.close()
+
+    async def changed(self) -> list[str]:
+        """Wait for notifications; the names of the links they are about. Raises
+        OSError (ENOBUFS) when the kernel dropped some: the caller must resync."""
+        data = await asyncio.get_running_loop().sock_recv(self._sock, _RECV_SIZE)
+        names: list[str] = []
+        off = 0
+        while off + _NLMSGHDR.size <= len(data):
+            length, kind, _flags, _seq, _pid = _NLMSGHDR.unpack_from(data, off)
+            if length < _NLMSGHDR.size or off + length > len(data):
+                break
+            body = off + _NLMSGHDR.size
+            end = off + length
+            off += (length + 3) & ~3
+            if kind not in (_RTM_NEWLINK, _RTM_DELLINK) or end - body < _IFINFOMSG.size:
+                continue
+            name = _attrs(data, body + _IFINFOMSG.size, end, _NAME_ONLY).get(_IFLA_IFNAME)
+            if name is not None:
+                names.append(_asciiz(data, name))
+        return names
+
+
+_NAME_ONLY = frozenset({_IFLA_IFNAME})
 _LIBC = ctypes.CDLL(None, use_errno=True)
 _PYROUTE2_CREATE_SOCKET = pyroute2_netns.create_socket
 

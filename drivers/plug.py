@@ -53,6 +53,10 @@ async def plug(
     node = open_iproute(node_netns)
     workload = open_iproute(netns)
     try:
+        if await _plug_new(node, workload, port_id, host_dev, mac, mtu, netns, ifname, node_netns):
+            if fixed_ips:
+                await _configure_addresses(workload, ifname, fixed_ips, gateway)
+            return await _finish(host_dev, netns, ifname, disable_tx_offload)
         host_link = await get_link(node, host_dev)
         inner = await get_link(workload, ifname)
         if host_link is not None and inner is None:
@@ -83,9 +87,47 @@ async def plug(
     finally:
         node.close()
         workload.close()
+    return await _finish(host_dev, netns, ifname, disable_tx_offload)
+
+
+async def _finish(host_dev: str, netns: str, ifname: str, disable_tx_offload: bool) -> str:
     if disable_tx_offload:
         await _ethtool_tx_off(netns, ifname)
     return host_dev
+
+
+async def _plug_new(
+    node: Any,
+    workload: Any,
+    port_id: str,
+    host_dev: str,
+    mac: str,
+    mtu: int,
+    netns: str,
+    ifname: str,
+    node_netns: str | None,
+) -> bool:
+    """The common case in as few round trips as possible: the pair is created with the
+    workload end's name, namespace, MAC and MTU in one request. False (nothing done)
+    when either name exists already: the caller takes the idempotent path."""
+    try:
+        await node.link(
+            "add",
+            ifname=host_dev,
+            kind="veth",
+            mtu=mtu,
+            peer={"ifname": ifname, "net_ns_fd": netns_path(netns), "address": mac, "mtu": mtu},
+        )
+    except NetlinkError as exc:
+        if exc.code == errno.EEXIST:
+            return False
+        raise
+    # Host end: no IPv6 of its own (it only forwards) before it comes up, marked ours.
+    await sysctl.disable_ipv6(node_netns, [host_dev])
+    await node.link("set", ifname=host_dev, ifalias=owned_alias(port_id), state="up")
+    await workload.link("set", ifname="lo", state="up")
+    await workload.link("set", ifname=ifname, state="up")
+    return True
 
 
 async def _configure_addresses(

@@ -615,3 +615,42 @@ async def test_plug_is_idempotent_and_unplug_removes_both_ends(
     await unplug(a.spec.id, node_netns=node_ns)
     await unplug(a.spec.id, node_netns=node_ns)  # no-op
     assert (await ns_run(a.workload, "ip", "link", "show", "eth0", check=False)).returncode != 0
+
+
+async def test_sync_ports_wires_only_the_given_ports_when_the_network_is_in_place(
+    make_cluster: ClusterFactory,
+) -> None:
+    """The agent's scoped converge: new ports on a wired network are wired by reading
+    back only their devices; anything else (the network's first port, a port gone) is
+    refused (None) and left to a full sync."""
+    cluster = await make_cluster(2)
+    net = cluster.network("vxlan", 1201)
+    a = await cluster.add_port(net, "node1", "10.12.0.1")
+    driver = cluster.driver("node1")
+    # First port on the network: the bridge and VXLAN device are missing -> full sync.
+    assert await driver.sync_ports(cluster.desired("node1"), [a.spec.id]) is None
+    await cluster.sync()
+    # 40 more ports plugged (more answers than one read-back chunk), one sync_ports.
+    more = [await cluster.add_port(net, "node1", f"10.12.0.{i}") for i in range(10, 50)]
+    remote = await cluster.add_port(net, "node2", "10.12.0.200")
+    await cluster.driver("node2").sync(cluster.desired("node2"), remove_stale=True)
+    desired = cluster.desired("node1")
+    before = {s.port_id: s.status for s in await driver.port_statuses(desired)}
+    assert {before[r.spec.id] for r in more} == {"DOWN"}
+    statuses = await driver.sync_ports(desired, [r.spec.id for r in more])
+    assert statuses is not None and len(statuses) == len(more)
+    all_active({s.port_id: s for s in statuses}, *more)
+    # Traffic both ways on the node and across the VXLAN (l2pop entries were there
+    # from the full sync; the new ports' MACs are learned by the remote bridge).
+    assert await ping(more[-1].workload, a.ip)
+    assert await ping(more[0].workload, more[-1].ip)
+    await cluster.sync()
+    assert await ping(remote.workload, more[5].ip)
+    # A port that is gone from the desired state: not for sync_ports.
+    del cluster.ports[more[0].spec.id]
+    assert await driver.sync_ports(cluster.desired("node1"), [more[0].spec.id]) is None
+    # Admin down of one port through sync_ports: its traffic stops.
+    cluster.set_admin_state(more[1], False)
+    statuses = await driver.sync_ports(cluster.desired("node1"), [more[1].spec.id])
+    assert statuses == [PortStatus(more[1].spec.id, "DOWN", "admin state down")]
+    assert not await ping(more[1].workload, a.ip, count=2)

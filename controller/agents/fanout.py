@@ -76,7 +76,7 @@ class Impact:
     """What one batch of changes may alter in the hosts' views (see Fanout._push)."""
 
     everything: bool = False  # recompute every stream
-    hosts: set[str] = field(default_factory=set)  # recompute these hosts
+    host_ports: dict[str, set[str]] = field(default_factory=dict)  # host -> ports changed
     full_nets: set[str] = field(default_factory=set)  # recompute hosts with these networks
     services: bool = False  # recompute the hosts running L3 / DHCP
     vteps: set[tuple[str, str]] = field(default_factory=set)  # (network, host) l2pop entries
@@ -86,7 +86,7 @@ class Impact:
     def __bool__(self) -> bool:
         return bool(
             self.everything
-            or self.hosts
+            or self.host_ports
             or self.full_nets
             or self.services
             or self.vteps
@@ -125,6 +125,7 @@ class Fanout:
         # Counters (OVN-style): host views recomputed, and streams served a shared delta.
         self.recomputes = 0
         self.shared_deltas = 0
+        self.patches = 0  # streams whose own ports were patched in, no recompute
 
     def start(self) -> None:
         self._reset(self.store.cache.revision)
@@ -241,7 +242,7 @@ class Fanout:
                     if info is not None:
                         nets.add(info.network_id)
                         if info.host:
-                            imp.hosts.add(info.host)
+                            imp.host_ports.setdefault(info.host, set()).add(id_)
                             ports.add((id_, info.host, info.network_id))
                             if info.bound:
                                 imp.vteps.add((info.network_id, info.host))
@@ -349,12 +350,21 @@ class Fanout:
             if (
                 imp.everything
                 or (imp.services and stream.services)
-                or stream.host in imp.hosts
                 or not sent.networks.keys().isdisjoint(imp.full_nets)
             ):
                 self.recomputes += 1
                 self._recompute(stream, revision, memo)
                 continue
+            own: list[agent_pb2.HostPort] = []
+            own_gone: list[str] = []
+            changed = imp.host_ports.get(stream.host)
+            if changed is not None:
+                patch = self._own_ports_patch(stream, changed)
+                if patch is None:
+                    self.recomputes += 1
+                    self._recompute(stream, revision, memo)
+                    continue
+                own, own_gone = patch
             up_vteps = []
             del_vteps = []
             for key, (host, macs) in vteps.items():
@@ -400,12 +410,13 @@ class Fanout:
                     now = members[group_id] = hoststate.group_members(cache, group_id)
                 if now != had_members:
                     up_members.append(group_id)
-            if not (up_vteps or del_vteps or up_groups or up_members):
+            mine = bool(own or own_gone)
+            if not (mine or up_vteps or del_vteps or up_groups or up_members):
                 continue
             shape = (tuple(up_vteps), tuple(del_vteps), tuple(up_groups), tuple(up_members))
-            data = messages.get(shape)
+            data = None if mine else messages.get(shape)
             if data is None:
-                delta = agent_pb2.Delta(revision=revision)
+                delta = agent_pb2.Delta(revision=revision, upsert_ports=own, delete_ports=own_gone)
                 for vk in up_vteps:
                     delta.upsert_remote_vteps.append(hoststate.vtep_pb(vk, vteps[vk][1]))
                 for vk in del_vteps:
@@ -421,7 +432,12 @@ class Fanout:
                         hoststate.members_pb(group_id, members[group_id])
                     )
                 data = agent_pb2.ControllerMessage(delta=delta).SerializeToString()
-                messages[shape] = data
+                if not mine:
+                    messages[shape] = data
+            for port_pb in own:
+                sent.ports[port_pb.id] = port_pb
+            for port_id in own_gone:
+                del sent.ports[port_id]
             for vk in up_vteps:
                 sent.vteps[vk] = vteps[vk][1]
             for vk in del_vteps:
@@ -432,8 +448,47 @@ class Fanout:
                 sent.sgs[group_id] = pb
             for group_id in up_members:
                 sent.members[group_id] = members[group_id]
-            self.shared_deltas += 1
+            if mine:
+                self.patches += 1
+            else:
+                self.shared_deltas += 1
             self._enqueue(stream, data)
+
+    def _own_ports_patch(
+        self, stream: Stream, port_ids: set[str]
+    ) -> tuple[list[agent_pb2.HostPort], list[str]] | None:
+        """(port messages to upsert, port ids to delete) on `stream` for these changed
+        ports of its host, when nothing else of its view changes with them: the
+        networks and security groups they need are there, and stay needed by other
+        ports. None when the view must be recomputed (its first or last port on a
+        network, the last port of a group, a port's groups changing)."""
+        cache = self.store.cache
+        sent = stream.sent
+        out: list[agent_pb2.HostPort] = []
+        gone: list[str] = []
+        for port_id in sorted(port_ids):
+            port = cache.get(Port, port_id)
+            had = sent.ports.get(port_id)
+            if port is None or not hoststate.is_bound_to(port, stream.host):
+                if had is not None:
+                    if not _still_needed(sent, had, gone):
+                        return None
+                    gone.append(port_id)
+                continue
+            net = cache.get(Network, port.network_id)
+            if net is None or net.id not in sent.networks:
+                return None
+            pb = hoststate.port_pb(port, net)
+            if pb.port_security_enabled and not all(g in sent.sgs for g in pb.security_groups):
+                return None
+            if had is not None and (
+                had.port_security_enabled != pb.port_security_enabled
+                or had.security_groups != pb.security_groups
+            ):
+                return None
+            if had != pb:
+                out.append(pb)
+        return out, gone
 
     def _vtep_entries(self, imp: Impact) -> dict[VtepKey, tuple[str, frozenset[str]]]:
         """(network, tunnel IP) -> (host, MACs of its bound ports) for the l2population
@@ -483,6 +538,23 @@ class Fanout:
 
 
 _SAME, _UPSERT, _FALLBACK = "same", "upsert", "fallback"
+
+
+def _still_needed(view: View, leaving: agent_pb2.HostPort, gone: list[str]) -> bool:
+    """Whether the other ports of the view (but those in `gone`) still need the
+    network and the security groups of a port that leaves it."""
+    groups = set(leaving.security_groups) if leaving.port_security_enabled else set()
+    net = False
+    for port_id, pb in view.ports.items():
+        if port_id == leaving.id or port_id in gone:
+            continue
+        if pb.network_id == leaving.network_id:
+            net = True
+        if groups and pb.port_security_enabled:
+            groups.difference_update(pb.security_groups)
+        if net and not groups:
+            return True
+    return False
 
 
 def _remote_groups(pb: agent_pb2.HostSecurityGroup) -> frozenset[str]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,3 +92,13 @@ async def read_actual_state(
     else:
         ipv6 = {name: v6[name] for name in managed if name in v6}
     return ActualState(links={link.name: link for link in links}, fdb=fdb, ipv6_off=ipv6)
+
+
+async def read_named_state(dumper: RtnlDumper, names: Iterable[str]) -> ActualState:
+    """Only the links called `names` (those that exist), without FDB entries: the
+    read-back of a scoped sync (LinuxBridgeDriver.sync_ports)."""
+    with_v6 = await dumper.named_links_ipv6(names)
+    return ActualState(
+        links={link.name: link for link, _ in with_v6},
+        ipv6_off={link.name: off for link, off in with_v6 if off is not None},
+    )

@@ -5,13 +5,13 @@ provider networks; ports are veth/tap devices enslaved to their network's bridge
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING
 
-from drivers.base import DriverBase, MechanismDriver, Plan, apply_in_order
+from drivers.base import ApplyError, DriverBase, MechanismDriver, Plan, apply_in_order
 from drivers.linuxbridge import planner
-from drivers.linuxbridge.actual import ActualState, read_actual_state
-from drivers.linuxbridge.changes import HostHandle, LinuxBridgeChange
+from drivers.linuxbridge.actual import ActualState, read_actual_state, read_named_state
+from drivers.linuxbridge.changes import HostHandle, LinuxBridgeChange, WirePort
 from drivers.linuxbridge.config import VXLAN_DEFAULT_PORT, LinuxBridgeConfig
 from drivers.model import HostState, PortStatus
 from drivers.netlink import PROBE_BOGUS_IFINDEX, RtnlDumper, probe_link_kind
@@ -104,6 +104,38 @@ class LinuxBridgeDriver(DriverBase[ActualState]):
         """Apply every change in order; failures are collected and raised together."""
         host = HostHandle(self._require_ipr(), self.config.netns)
         await apply_in_order(plan, host, LinuxBridgeChange, "a Linux bridge", log)
+
+    async def sync_ports(
+        self, desired: HostState, port_ids: Collection[str]
+    ) -> list[PortStatus] | None:
+        """Wire just these ports when their bridges and uplinks are in place: read back
+        their devices, the bridges and the uplinks by name (not the whole namespace),
+        and apply only port changes. Anything else (a port gone, a network to build,
+        an uplink or FDB to fix) is left to a full sync: None."""
+        if self._dumper is None or not all(p in desired.ports for p in port_ids):
+            return None
+        ports = {p: desired.ports[p] for p in port_ids}
+        nets = {spec.network_id for spec in ports.values()}
+        if not nets <= desired.networks.keys():
+            return None
+        scoped = HostState(networks={n: desired.networks[n] for n in nets}, ports=ports)
+        names = planner.device_names(scoped, self.config)
+        async with self._sync_lock:
+            actual = await read_named_state(self._dumper, names)
+            plan = self.diff(scoped, actual)
+            if any(not isinstance(c, WirePort) for c in plan):
+                return None
+            if plan:
+                log.debug("applying %d port change(s): %s", len(plan), plan.describe())
+                try:
+                    await self.apply(plan)
+                except ApplyError as exc:
+                    exc.statuses = self.statuses(
+                        scoped, await read_named_state(self._dumper, names)
+                    )
+                    raise
+                actual = await read_named_state(self._dumper, names)
+            return self.statuses(scoped, actual)
 
     def statuses(self, desired: HostState, actual: ActualState) -> list[PortStatus]:
         return planner.statuses(desired, actual, self.config, self.supported_network_types())

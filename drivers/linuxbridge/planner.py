@@ -93,6 +93,23 @@ def _uplink_for(
     return None, f"network type {kind} is not supported by the Linux bridge driver"
 
 
+def device_names(desired: HostState, config: LinuxBridgeConfig) -> set[str]:
+    """Every device the layout and wiring of `desired` may look at: the ports' devices,
+    their networks' bridges and possible uplinks, and the mapped physical NICs."""
+    names = {p.device_name for p in desired.ports.values()}
+    names.update(config.physical_interface_mappings.values())
+    for net in desired.networks.values():
+        names.add(bridge_name(net.id))
+        vid = net.segmentation_id
+        if net.network_type == "vxlan" and vid is not None and 1 <= vid <= MAX_VNI:
+            names.add(vxlan_name(vid))
+        elif net.network_type == "vlan" and vid is not None and 1 <= vid <= 4094:
+            nic = config.physical_interface_mappings.get(net.physical_network or "")
+            if nic is not None:
+                names.add(vlan_name(nic, vid))
+    return names
+
+
 def layout(
     desired: HostState,
     actual: ActualState,

@@ -286,6 +286,9 @@ def test_incremental_deltas_equal_recomputed_views() -> None:
                     binding_host_id=rnd.choice(["", *hosts]),
                     binding_vif_type=rnd.choice(["bridge", "bridge", "binding_failed"]),
                     fixed_ips=[("s", f"10.0.{rnd.randrange(3)}.{int(pid[1:])}")],
+                    allowed_address_pairs=rnd.choice(
+                        [[], [], [("10.9.0.0/24", "")], [(f"10.0.1.{int(pid[1:])}", "")]]
+                    ),
                     security_groups=rnd.sample(groups, rnd.randrange(3)),
                     admin_state_up=rnd.random() < 0.8,
                     port_security_enabled=rnd.random() < 0.9,

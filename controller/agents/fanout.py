@@ -46,7 +46,9 @@ class _PortInfo:
     host: str
     bound: bool
     groups: tuple[str, ...]
-    members: tuple[object, ...]  # what remote-group member sets take from the port
+    # What remote-group member sets take from the port: its fixed IPs and the
+    # (address, mac) of its allowed address pairs.
+    members: tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]
     spec: tuple[object, ...]
 
 
@@ -122,6 +124,10 @@ class Fanout:
         self._rule_groups: dict[str, str] = {}  # rule id -> its group
         self._agent_host: dict[str, str] = {}  # agent id -> host
         self._host_agents: dict[str, set[str]] = {}  # host -> agent ids
+        # group id -> address -> how many of the group's ports have it
+        self._group_addresses: dict[str, dict[str, int]] = {}
+        # (network id, host) -> MAC -> how many bound ports there have it
+        self._host_macs: dict[tuple[str, str], dict[str, int]] = {}
         # Counters (OVN-style): host views recomputed, and streams served a shared delta.
         self.recomputes = 0
         self.shared_deltas = 0
@@ -138,6 +144,11 @@ class Fanout:
     def _reset(self, revision: int) -> None:
         cache = self.store.cache
         self._ports = {p.id: _port_info(p) for p in cache.all(Port)}
+        self._group_addresses = {}
+        self._host_macs = {}
+        for info in self._ports.values():
+            self._count_members(info, 1)
+            self._count_macs(info, 1)
         self._nets = {n.id: _net_info(n) for n in cache.all(Network)}
         self._tunnels = {}
         self._agent_host = {}
@@ -228,6 +239,12 @@ class Fanout:
                     self._ports.pop(id_, None)
                 else:
                     self._ports[id_] = new
+                if old is not None:
+                    self._count_members(old, -1)
+                    self._count_macs(old, -1)
+                if new is not None:
+                    self._count_members(new, 1)
+                    self._count_macs(new, 1)
                 imp.services = True  # DHCP hosts and router interfaces follow ports
                 if (
                     old is None
@@ -281,6 +298,37 @@ class Fanout:
                 self.floor = self.ring.popleft()[0]
         if imp:
             self._push(revision, imp)
+
+    def _count_macs(self, info: _PortInfo, sign: int) -> None:
+        """The same for the MACs of bound ports per (network, host): l2population."""
+        if not (info.host and info.bound):
+            return
+        key = (info.network_id, info.host)
+        counts = self._host_macs.setdefault(key, {})
+        mac = str(info.spec[0])
+        n = counts.get(mac, 0) + sign
+        if n > 0:
+            counts[mac] = n
+        else:
+            counts.pop(mac, None)
+            if not counts:
+                del self._host_macs[key]
+
+    def _count_members(self, info: _PortInfo, sign: int) -> None:
+        """Add (sign 1) or remove (-1) a port's addresses to its groups' member counts:
+        what hoststate.group_members computes, kept up to date change by change."""
+        fixed_ips, pairs = info.members
+        addresses = [ip for _, ip in fixed_ips] + [ip for ip, _ in pairs]
+        for group_id in info.groups:
+            counts = self._group_addresses.setdefault(group_id, {})
+            for address in addresses:
+                n = counts.get(address, 0) + sign
+                if n > 0:
+                    counts[address] = n
+                else:
+                    counts.pop(address, None)
+            if not counts:
+                del self._group_addresses[group_id]
 
     def _index_agent(self, agent_id: str, host: str | None) -> None:
         old = self._agent_host.pop(agent_id, None)
@@ -407,7 +455,8 @@ class Fanout:
                     continue
                 now = members.get(group_id)
                 if now is None:
-                    now = members[group_id] = hoststate.group_members(cache, group_id)
+                    counts = self._group_addresses.get(group_id)
+                    now = members[group_id] = frozenset(counts) if counts else frozenset()
                 if now != had_members:
                     up_members.append(group_id)
             mine = bool(own or own_gone)
@@ -509,11 +558,7 @@ class Fanout:
             if by_ip[ip] > 1:
                 imp.full_nets.add(net_id)
                 continue
-            macs = frozenset(
-                p.mac_address
-                for p in cache.related(Port, "host_ports", host)
-                if p.network_id == net_id and p.binding_vif_type in BOUND_VIF_TYPES
-            )
+            macs = frozenset(self._host_macs.get((net_id, host), ()))
             out[(net_id, ip)] = (host, macs)
         return out
 

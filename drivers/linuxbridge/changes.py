@@ -9,7 +9,7 @@ changes (planner.py) does no I/O; only ``apply`` touches the kernel.
 from __future__ import annotations
 
 import errno
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError
@@ -28,10 +28,22 @@ from drivers.netlink import (
 
 @dataclass(frozen=True, slots=True)
 class HostHandle:
-    """What changes run against: a long-lived AsyncIPRoute and its namespace."""
+    """What changes run against: a long-lived AsyncIPRoute and its namespace.
+
+    ipv6_off: devices whose IPv6 the driver already turned off for this plan, in one
+    batch (one thread joining the namespace, not one per port)."""
 
     ipr: Any
     netns: str | None
+    ipv6_off: frozenset[str] = frozenset()
+    # Bridge name -> ifindex, looked up once per plan (ports come after bridges).
+    bridge_indexes: dict[str, int] = field(default_factory=dict)
+
+    async def bridge_index(self, name: str) -> int:
+        index = self.bridge_indexes.get(name)
+        if index is None:
+            index = self.bridge_indexes[name] = await link_index(self.ipr, name)
+        return index
 
 
 async def _create(ipr: Any, **attrs: Any) -> None:
@@ -177,8 +189,9 @@ class WirePort:
 
     async def apply(self, host: HostHandle) -> None:
         try:
-            await sysctl.disable_ipv6(host.netns, [self.device])
-            master = await link_index(host.ipr, self.bridge)
+            if self.device not in host.ipv6_off:
+                await sysctl.disable_ipv6(host.netns, [self.device])
+            master = await host.bridge_index(self.bridge)
             # Down before it joins, up only once it is in: never forwarding half-wired.
             if not self.up:
                 await host.ipr.link("set", ifname=self.device, state="down")

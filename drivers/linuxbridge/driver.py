@@ -8,6 +8,7 @@ import logging
 from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING
 
+from drivers import sysctl
 from drivers.base import ApplyError, DriverBase, MechanismDriver, Plan, apply_in_order
 from drivers.linuxbridge import planner
 from drivers.linuxbridge.actual import ActualState, read_actual_state, read_named_state
@@ -102,7 +103,16 @@ class LinuxBridgeDriver(DriverBase[ActualState]):
 
     async def apply(self, plan: Plan) -> None:
         """Apply every change in order; failures are collected and raised together."""
-        host = HostHandle(self._require_ipr(), self.config.netns)
+        netns = self.config.netns
+        ports = [c.device for c in plan if isinstance(c, WirePort)]
+        done: frozenset[str] = frozenset()
+        if len(ports) > 1:
+            try:
+                await sysctl.disable_ipv6(netns, ports)
+                done = frozenset(ports)
+            except OSError:
+                pass  # a device went away meanwhile: each WirePort does its own
+        host = HostHandle(self._require_ipr(), netns, done)
         await apply_in_order(plan, host, LinuxBridgeChange, "a Linux bridge", log)
 
     async def sync_ports(

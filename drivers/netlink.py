@@ -10,7 +10,7 @@ import socket
 import struct
 import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -210,6 +210,17 @@ def _attrs(
     return out
 
 
+def _messages(data: bytes) -> Iterator[tuple[int, int, int, int, int]]:
+    """(type, flags, sequence, body start, end) of each netlink message in `data`."""
+    off = 0
+    while off + _NLMSGHDR.size <= len(data):
+        length, kind, flags, seq, _pid = _NLMSGHDR.unpack_from(data, off)
+        if length < _NLMSGHDR.size or off + length > len(data):
+            return
+        yield kind, flags, seq, off + _NLMSGHDR.size, off + length
+        off += (length + 3) & ~3
+
+
 def _asciiz(data: bytes, span: tuple[int, int]) -> str:
     raw = data[span[0] : span[1]].split(b"\0", 1)[0]
     try:
@@ -362,14 +373,7 @@ class RtnlDumper:
                 data = await loop.sock_recv(sock, _RECV_SIZE)
                 if not data:
                     raise ConnectionError("netlink socket closed")
-                off = 0
-                while off + _NLMSGHDR.size <= len(data):
-                    length, kind, flags, mseq, _pid = _NLMSGHDR.unpack_from(data, off)
-                    if length < _NLMSGHDR.size or off + length > len(data):
-                        break
-                    body_off = off + _NLMSGHDR.size
-                    end = off + length
-                    off += (length + 3) & ~3
+                for kind, flags, mseq, body_off, end in _messages(data):
                     if mseq != seq:
                         continue
                     if kind == _NLMSG_DONE:
@@ -446,14 +450,7 @@ class RtnlDumper:
                     data = await loop.sock_recv(sock, _RECV_SIZE)
                     if not data:
                         raise ConnectionError("netlink socket closed")
-                    off = 0
-                    while off + _NLMSGHDR.size <= len(data):
-                        length, kind, _flags, mseq, _pid = _NLMSGHDR.unpack_from(data, off)
-                        if length < _NLMSGHDR.size or off + length > len(data):
-                            break
-                        body_off = off + _NLMSGHDR.size
-                        end = off + length
-                        off += (length + 3) & ~3
+                    for kind, _flags, mseq, body_off, end in _messages(data):
                         if mseq not in pending:
                             continue
                         pending.discard(mseq)
@@ -669,14 +666,7 @@ class LinkMonitor:
         OSError (ENOBUFS) when the kernel dropped some: the caller must resync."""
         data = await asyncio.get_running_loop().sock_recv(self._sock, _RECV_SIZE)
         names: list[str] = []
-        off = 0
-        while off + _NLMSGHDR.size <= len(data):
-            length, kind, _flags, _seq, _pid = _NLMSGHDR.unpack_from(data, off)
-            if length < _NLMSGHDR.size or off + length > len(data):
-                break
-            body = off + _NLMSGHDR.size
-            end = off + length
-            off += (length + 3) & ~3
+        for kind, _flags, _seq, body, end in _messages(data):
             if kind not in (_RTM_NEWLINK, _RTM_DELLINK) or end - body < _IFINFOMSG.size:
                 continue
             name = _attrs(data, body + _IFINFOMSG.size, end, _NAME_ONLY).get(_IFLA_IFNAME)

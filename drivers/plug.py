@@ -65,13 +65,7 @@ async def plug(
         if host_link is None:
             if inner is not None:
                 raise PlugError(f"{ifname} already exists in namespace {netns!r}")
-            await node.link(
-                "add",
-                ifname=host_dev,
-                kind="veth",
-                mtu=mtu,
-                peer={"ifname": ifname, "net_ns_fd": netns_path(netns), "address": mac, "mtu": mtu},
-            )
+            await _create_pair(node, host_dev, mac, mtu, netns, ifname)
         elif inner is not None and inner.kind != "veth":
             raise PlugError(f"{ifname} in namespace {netns!r} is a {inner.kind}, not a veth")
         # Host end: no IPv6 of its own (it only forwards), marked as ours, up.
@@ -96,6 +90,19 @@ async def _finish(host_dev: str, netns: str, ifname: str, disable_tx_offload: bo
     return host_dev
 
 
+async def _create_pair(
+    node: Any, host_dev: str, mac: str, mtu: int, netns: str, ifname: str
+) -> None:
+    """The veth pair, its workload end already in `netns` with the port's MAC and MTU."""
+    await node.link(
+        "add",
+        ifname=host_dev,
+        kind="veth",
+        mtu=mtu,
+        peer={"ifname": ifname, "net_ns_fd": netns_path(netns), "address": mac, "mtu": mtu},
+    )
+
+
 async def _plug_new(
     node: Any,
     workload: Any,
@@ -111,13 +118,7 @@ async def _plug_new(
     workload end's name, namespace, MAC and MTU in one request. False (nothing done)
     when either name exists already: the caller takes the idempotent path."""
     try:
-        await node.link(
-            "add",
-            ifname=host_dev,
-            kind="veth",
-            mtu=mtu,
-            peer={"ifname": ifname, "net_ns_fd": netns_path(netns), "address": mac, "mtu": mtu},
-        )
+        await _create_pair(node, host_dev, mac, mtu, netns, ifname)
     except NetlinkError as exc:
         if exc.code == errno.EEXIST:
             return False

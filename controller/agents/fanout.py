@@ -19,6 +19,7 @@ import asyncio
 import logging
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from baryon.v1 import agent_pb2
 from controller.agents import hoststate
@@ -303,16 +304,7 @@ class Fanout:
         """The same for the MACs of bound ports per (network, host): l2population."""
         if not (info.host and info.bound):
             return
-        key = (info.network_id, info.host)
-        counts = self._host_macs.setdefault(key, {})
-        mac = str(info.spec[0])
-        n = counts.get(mac, 0) + sign
-        if n > 0:
-            counts[mac] = n
-        else:
-            counts.pop(mac, None)
-            if not counts:
-                del self._host_macs[key]
+        _count(self._host_macs, (info.network_id, info.host), [str(info.spec[0])], sign)
 
     def _count_members(self, info: _PortInfo, sign: int) -> None:
         """Add (sign 1) or remove (-1) a port's addresses to its groups' member counts:
@@ -320,15 +312,7 @@ class Fanout:
         fixed_ips, pairs = info.members
         addresses = [ip for _, ip in fixed_ips] + [ip for ip, _ in pairs]
         for group_id in info.groups:
-            counts = self._group_addresses.setdefault(group_id, {})
-            for address in addresses:
-                n = counts.get(address, 0) + sign
-                if n > 0:
-                    counts[address] = n
-                else:
-                    counts.pop(address, None)
-            if not counts:
-                del self._group_addresses[group_id]
+            _count(self._group_addresses, group_id, addresses, sign)
 
     def _index_agent(self, agent_id: str, host: str | None) -> None:
         old = self._agent_host.pop(agent_id, None)
@@ -583,6 +567,21 @@ class Fanout:
 
 
 _SAME, _UPSERT, _FALLBACK = "same", "upsert", "fallback"
+K = TypeVar("K")
+
+
+def _count(table: dict[K, dict[str, int]], key: K, values: list[str], sign: int) -> None:
+    """Add (sign 1) or remove (-1) one occurrence of each value under table[key];
+    values and keys that drop to zero go."""
+    counts = table.setdefault(key, {})
+    for value in values:
+        n = counts.get(value, 0) + sign
+        if n > 0:
+            counts[value] = n
+        else:
+            counts.pop(value, None)
+    if not counts:
+        del table[key]
 
 
 def _still_needed(view: View, leaving: agent_pb2.HostPort, gone: list[str]) -> bool:

@@ -318,15 +318,22 @@ async def poll_active(
     n: int,
     active_at: dict[str, float],
     deadline: float,
+    each: bool = True,
 ) -> None:
     """Note when each known port of the network stops being DOWN, until n have: the
     poll lists only the DOWN ports (the list shrinks as they come up, so the poller
-    costs the controller little), then one full list checks they are ACTIVE."""
-    req = port_pb2.ListPortsRequest(network_id=net_id, status="DOWN", page_size=1000)
+    costs the controller little), then one full list checks they are ACTIVE.
+    each=False: only the time the last one did matters, so each poll asks for one DOWN
+    port (page_size 1): nearly free for the controller."""
+    size = 1000 if each else 1
+    req = port_pb2.ListPortsRequest(network_id=net_id, status="DOWN", page_size=size)
     while time.monotonic() < deadline and len(active_at) < n:
         resp = await api.poll.ListPorts(req, metadata=api.md, timeout=RPC_TIMEOUT)
         now = time.monotonic()
         down = {p.id for p in resp.ports}
+        if not each and down:
+            await asyncio.sleep(LIST_POLL_GAP_S)
+            continue
         for port_id in known():
             if port_id not in down and port_id not in active_at:
                 active_at[port_id] = now
@@ -379,7 +386,13 @@ async def burst(
 
 
 async def burst_bind_plugged(
-    api: Api, node: Node, pool: NamespacePool, n: int, tag: str, cidr: str
+    api: Api,
+    node: Node,
+    pool: NamespacePool,
+    n: int,
+    tag: str,
+    cidr: str,
+    profile: Callable[[], Any] | None = None,
 ) -> dict[str, Any]:
     """The OVN burst's shape: ports and veths exist first (untimed); then all n ports are
     bound to the node at once (UpdatePort binding_host_id), until all are ACTIVE."""
@@ -395,6 +408,7 @@ async def burst_bind_plugged(
     await asyncio.sleep(0.5)
     active_at: dict[str, float] = {}
     mask = FieldMask(paths=["binding_host_id"])
+    profiler = profile() if profile is not None else None
     t0 = time.monotonic()
 
     async def bind(i: int, port: port_pb2.Port) -> None:
@@ -408,12 +422,14 @@ async def burst_bind_plugged(
 
     ids = [p.id for p in ports]
     poll_task = asyncio.create_task(
-        poll_active(api, net.id, lambda: ids, n, active_at, t0 + ACTIVE_TIMEOUT_S)
+        poll_active(api, net.id, lambda: ids, n, active_at, t0 + ACTIVE_TIMEOUT_S, each=False)
     )
     await asyncio.gather(*(bind(i, p) for i, p in enumerate(ports)))
     t_bound = time.monotonic()
     await poll_task
     out: dict[str, Any] = {"ports": n, "active": len(active_at)}
+    if profiler is not None:
+        out["_profiler"] = profiler
     if len(active_at) >= n:
         out["all_active_ms"] = round((max(active_at.values()) - t0) * 1000, 1)
         out["all_bind_calls_ms"] = round((t_bound - t0) * 1000, 1)
@@ -481,7 +497,7 @@ async def convergence(args: argparse.Namespace, procs: BenchProcesses, rep: dict
         await _ns_del(wl)
         await asyncio.sleep(max(1.5 * args.agent_poll_interval, 0.5))
         bursts = []
-        for b in range(args.bursts):
+        for b in range(0 if args.no_bursts else args.bursts):
             say(f"burst {b + 1}/{args.bursts}: {args.burst} ports at once ...")
             res = await burst(api, node, pool, args.burst, str(b), f"10.{10 + b}.0.0/16")
             ids = res.pop("_ids")
@@ -492,8 +508,19 @@ async def convergence(args: argparse.Namespace, procs: BenchProcesses, rep: dict
             await asyncio.sleep(max(1.5 * args.agent_poll_interval, 0.5))
         say(f"bind burst: {args.burst} ports created and plugged first, then bound at once ...")
         rep["bind_burst"] = await burst_bind_plugged(
-            api, node, pool, args.burst, "0", "10.30.0.0/16"
+            api,
+            node,
+            pool,
+            args.burst,
+            "0",
+            "10.30.0.0/16",
+            lambda: start_pyspy(procs, args, ctl.pid, "controller-bind-burst"),
         )
+        prof = rep["bind_burst"].pop("_profiler", None)
+        if prof is not None:
+            rep.setdefault("profiles", {})["controller_bind_burst"] = await stop_pyspy(
+                procs, prof, args.burst
+            )
         done = [b["all_active_ms"] for b in bursts if "all_active_ms" in b]
         rep["burst"] = {
             "runs": bursts,
@@ -1026,6 +1053,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--no-ack", action="store_true", help="fake agents do not ack (to see what acks cost)"
     )
     p.add_argument("--phase", choices=("all", "convergence", "fanout"), default="all")
+    p.add_argument("--no-bursts", action="store_true", help="skip the create+plug bursts")
     p.add_argument(
         "--agent-log", type=Path, default=None, help="keep the real agent's DEBUG log in FILE"
     )

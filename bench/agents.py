@@ -79,7 +79,7 @@ from bench.api import (  # noqa: E402
     vm_kb,
 )
 from bench.fake_agents import TAG_BASE, raise_nofile  # noqa: E402
-from drivers.netlink import avoid_forking_for_netns_sockets  # noqa: E402
+from drivers.netlink import avoid_forking_for_netns_sockets, open_iproute  # noqa: E402
 from drivers.plug import plug  # noqa: E402
 from tests.support.netns import NamespacePool, Node, build_underlay, list_run_namespaces  # noqa: E402
 
@@ -265,9 +265,38 @@ class Node1:
     plug_ms: list[float] = field(default_factory=list)
 
 
+# Netlink sockets of the namespaces the benchmark plugs into, kept open across plugs
+# as a compute host's plugging service would (plug(node_ipr=, workload_ipr=)). A
+# namespace's socket is closed before the namespace is deleted: an open socket would
+# keep the namespace, and its veths, alive.
+_SOCKETS: dict[str, Any] = {}
+
+
+def _socket(ns: str) -> Any:
+    ipr = _SOCKETS.get(ns)
+    if ipr is None:
+        ipr = _SOCKETS[ns] = open_iproute(ns)
+    return ipr
+
+
+def _close_socket(ns: str) -> None:
+    ipr = _SOCKETS.pop(ns, None)
+    if ipr is not None:
+        ipr.close()
+
+
 async def _plug(node: Node, wl: str, port: port_pb2.Port, mtu: int, ifname: str) -> float:
     t = time.monotonic()
-    await plug(port.id, port.mac_address, mtu, netns=wl, ifname=ifname, node_netns=node.ns)
+    await plug(
+        port.id,
+        port.mac_address,
+        mtu,
+        netns=wl,
+        ifname=ifname,
+        node_netns=node.ns,
+        node_ipr=_socket(node.ns),
+        workload_ipr=_socket(wl),
+    )
     return (time.monotonic() - t) * 1000
 
 
@@ -529,6 +558,8 @@ async def convergence(args: argparse.Namespace, procs: BenchProcesses, rep: dict
         procs.kill_child(agent.pid)
     finally:
         await api.close()
+        for ns in list(_SOCKETS):
+            _close_socket(ns)
         await pool.cleanup()
         ctl.stop(grace=5.0)
 
@@ -549,6 +580,7 @@ async def list_ports(api: Api, net_id: str) -> list[port_pb2.Port]:
 
 
 async def _ns_del(name: str) -> None:
+    _close_socket(name)
     proc = await asyncio.create_subprocess_exec(
         "ip", "netns", "del", name, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )

@@ -40,18 +40,22 @@ async def plug(
     fixed_ips: Sequence[tuple[str, int]] | None = None,
     gateway: str | None = None,
     disable_tx_offload: bool = False,
+    node_ipr: Any = None,
+    workload_ipr: Any = None,
 ) -> str:
     """Plug workload namespace `netns` into port `port_id`; returns the host device name.
 
     Idempotent: plugging again reconfigures the existing pair (MAC, MTU, addresses,
-    route); a host end left without its workload end is recreated.
+    route); a host end left without its workload end is recreated. node_ipr /
+    workload_ipr: open AsyncIPRoute sockets of node_netns / netns to use (and leave
+    open), for a caller plugging many workloads.
     """
     mac = normalize_mac(mac)
     host_dev = port_device_name(port_id)
     if not netns_exists(netns):
         raise PlugError(f"workload namespace {netns!r} does not exist")
-    node = open_iproute(node_netns)
-    workload = open_iproute(netns)
+    node = node_ipr if node_ipr is not None else open_iproute(node_netns)
+    workload = workload_ipr if workload_ipr is not None else open_iproute(netns)
     try:
         if await _plug_new(node, workload, port_id, host_dev, mac, mtu, netns, ifname, node_netns):
             if fixed_ips:
@@ -79,8 +83,10 @@ async def plug(
         if fixed_ips:
             await _configure_addresses(workload, ifname, fixed_ips, gateway)
     finally:
-        node.close()
-        workload.close()
+        if node_ipr is None:
+            node.close()
+        if workload_ipr is None:
+            workload.close()
     return await _finish(host_dev, netns, ifname, disable_tx_offload)
 
 

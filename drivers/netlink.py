@@ -10,7 +10,7 @@ import socket
 import struct
 import threading
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -143,6 +143,7 @@ _BE16 = struct.Struct(">H")
 _I32 = struct.Struct("=i")
 
 _NLM_F_REQUEST = 0x1
+_NLM_F_ACK = 0x4
 _NLM_F_DUMP = 0x300
 _NLM_F_DUMP_INTR = 0x10
 _NLMSG_ERROR = 2
@@ -190,6 +191,7 @@ _LINK_ATTRS = frozenset(
 _FDB_ATTRS = frozenset((_NDA_DST, _NDA_LLADDR, _NDA_MASTER))
 _RECV_SIZE = 1 << 17  # a dump chunk is at most 32 KiB
 _GETLINK_CHUNK = 16
+_SETLINK_CHUNK = 64  # acks are small
 _DUMP_RETRIES = 3  # dumps interrupted by concurrent changes (NLM_F_DUMP_INTR) are redone
 
 
@@ -318,6 +320,18 @@ def _parse_raw_link_ipv6(data: bytes, off: int, end: int) -> tuple[Link, bool | 
         vlan_id=vlan_id,
     )
     return link, _raw_ipv6_disabled(data, attrs.get(_IFLA_AF_SPEC))
+
+
+@dataclass(frozen=True, slots=True)
+class LinkSetting:
+    """What RtnlDumper.set_links sets on one link (None: leave as is). In one request
+    the kernel applies the up/down flag before the master, so a link set down and
+    enslaved at once is down before it joins."""
+
+    name: str
+    mtu: int | None = None
+    master: int | None = None
+    up: bool | None = None
 
 
 class RtnlDumper:
@@ -464,6 +478,64 @@ class RtnlDumper:
                 self.close()  # answers may still be queued: start afresh next time
                 raise
             return out
+
+    async def set_links(self, settings: Sequence[LinkSetting]) -> dict[str, int]:
+        """Apply many links' settings at once: one RTM_NEWLINK (set) per link, sent
+        together in chunks, each acknowledged. name -> errno of those that failed."""
+        failed: dict[str, int] = {}
+        for i in range(0, len(settings), _SETLINK_CHUNK):
+            failed.update(await self._set_links(settings[i : i + _SETLINK_CHUNK]))
+        return failed
+
+    async def _set_links(self, settings: Sequence[LinkSetting]) -> dict[str, int]:
+        async with self._lock:
+            loop = asyncio.get_running_loop()
+            if self._sock is None:
+                self._sock = self._open()
+            sock = self._sock
+            pending: dict[int, str] = {}
+            batch = b""
+            for st in settings:
+                raw = st.name.encode() + b"\0"
+                body = _NLA.pack(4 + len(raw), _IFLA_IFNAME) + raw
+                body += b"\0" * (-len(body) % 4)
+                if st.mtu is not None:
+                    body += _NLA.pack(8, _IFLA_MTU) + _U32.pack(st.mtu)
+                if st.master is not None:
+                    body += _NLA.pack(8, _IFLA_MASTER) + _U32.pack(st.master)
+                flags = change = 0
+                if st.up is not None:
+                    change = IFF_UP
+                    flags = IFF_UP if st.up else 0
+                body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, flags, change) + body
+                self._seq = (self._seq + 1) & 0xFFFFFFFF
+                pending[self._seq] = st.name
+                batch += _NLMSGHDR.pack(
+                    _NLMSGHDR.size + len(body),
+                    _RTM_NEWLINK,
+                    _NLM_F_REQUEST | _NLM_F_ACK,
+                    self._seq,
+                    0,
+                )
+                batch += body
+            failed: dict[str, int] = {}
+            try:
+                await loop.sock_sendall(sock, batch)
+                while pending:
+                    data = await loop.sock_recv(sock, _RECV_SIZE)
+                    if not data:
+                        raise ConnectionError("netlink socket closed")
+                    for kind, _flags, mseq, body_off, _end in _messages(data):
+                        name = pending.pop(mseq, None)
+                        if name is None or kind != _NLMSG_ERROR:
+                            continue
+                        code = -int(_I32.unpack_from(data, body_off)[0])
+                        if code:
+                            failed[name] = code
+            except BaseException:
+                self.close()  # answers may still be queued: start afresh next time
+                raise
+            return failed
 
     async def tunnel_fdb(self, ifindexes: set[int] | None = None) -> dict[int, set[FdbEntry]]:
         """What dump_tunnel_fdb returns, optionally only for the devices `ifindexes`."""

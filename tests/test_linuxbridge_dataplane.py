@@ -649,8 +649,32 @@ async def test_sync_ports_wires_only_the_given_ports_when_the_network_is_in_plac
     # A port that is gone from the desired state: not for sync_ports.
     del cluster.ports[more[0].spec.id]
     assert await driver.sync_ports(cluster.desired("node1"), [more[0].spec.id]) is None
-    # Admin down of one port through sync_ports: its traffic stops.
-    cluster.set_admin_state(more[1], False)
-    statuses = await driver.sync_ports(cluster.desired("node1"), [more[1].spec.id])
-    assert statuses == [PortStatus(more[1].spec.id, "DOWN", "admin state down")]
+    # Admin down of two ports through one sync_ports (a batch): their traffic stops,
+    # the others' does not; admin up again restores it.
+    for rec in more[1:3]:
+        cluster.set_admin_state(rec, False)
+    ids = [more[1].spec.id, more[2].spec.id]
+    statuses = await driver.sync_ports(cluster.desired("node1"), ids)
+    assert statuses is not None
+    assert {(s.port_id, s.status, s.reason) for s in statuses} == {
+        (i, "DOWN", "admin state down") for i in ids
+    }
     assert not await ping(more[1].workload, a.ip, count=2)
+    assert not await ping(more[2].workload, a.ip, count=2)
+    assert await ping(more[3].workload, a.ip)
+    for rec in more[1:3]:
+        cluster.set_admin_state(rec, True)
+    statuses = await driver.sync_ports(cluster.desired("node1"), ids)
+    assert statuses is not None
+    all_active({s.port_id: s for s in statuses}, more[1], more[2])
+    # Traffic resumes (the kernel takes a few seconds after an admin down/up of a
+    # bridge port here, whichever way it is brought up: retry, no timing asserted).
+    assert await _eventually_pings(more[2].workload, a.ip)
+    assert await _eventually_pings(more[1].workload, a.ip)
+
+
+async def _eventually_pings(ns: str, address: str, attempts: int = 6) -> bool:
+    for _ in range(attempts):
+        if await ping(ns, address, count=2):
+            return True
+    return False

@@ -223,6 +223,13 @@ def _messages(data: bytes) -> Iterator[tuple[int, int, int, int, int]]:
         off += (length + 3) & ~3
 
 
+def _name_attr(name: str) -> bytes:
+    """IFLA_IFNAME, padded."""
+    raw = name.encode() + b"\0"
+    attr = _NLA.pack(4 + len(raw), _IFLA_IFNAME) + raw
+    return attr + b"\0" * (-len(attr) % 4)
+
+
 def _asciiz(data: bytes, span: tuple[int, int]) -> str:
     raw = data[span[0] : span[1]].split(b"\0", 1)[0]
     try:
@@ -438,67 +445,30 @@ class RtnlDumper:
         return out
 
     async def _named_links(self, wanted: list[str]) -> list[tuple[Link, bool | None]]:
-        async with self._lock:
-            loop = asyncio.get_running_loop()
-            if self._sock is None:
-                self._sock = self._open()
-            sock = self._sock
-            pending: set[int] = set()
-            batch = b""
-            for name in wanted:
-                raw = name.encode() + b"\0"
-                attr = _NLA.pack(4 + len(raw), _IFLA_IFNAME) + raw
-                attr += b"\0" * (-len(attr) % 4)
-                mask = _NLA.pack(8, _IFLA_EXT_MASK) + _U32.pack(_RTEXT_FILTER_SKIP_STATS)
-                body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + attr + mask
-                self._seq = (self._seq + 1) & 0xFFFFFFFF
-                pending.add(self._seq)
-                batch += _NLMSGHDR.pack(
-                    _NLMSGHDR.size + len(body), _RTM_GETLINK, _NLM_F_REQUEST, self._seq, 0
-                )
-                batch += body
-            out: list[tuple[Link, bool | None]] = []
-            try:
-                await loop.sock_sendall(sock, batch)
-                while pending:
-                    data = await loop.sock_recv(sock, _RECV_SIZE)
-                    if not data:
-                        raise ConnectionError("netlink socket closed")
-                    for kind, _flags, mseq, body_off, end in _messages(data):
-                        if mseq not in pending:
-                            continue
-                        pending.discard(mseq)
-                        if kind == _NLMSG_ERROR:
-                            code = -int(_I32.unpack_from(data, body_off)[0])
-                            if code not in (0, errno.ENODEV):
-                                raise NetlinkError(code, os.strerror(code))
-                        elif kind == _RTM_NEWLINK:
-                            out.append(_parse_raw_link_ipv6(data, body_off, end))
-            except BaseException:
-                self.close()  # answers may still be queued: start afresh next time
-                raise
-            return out
+        requests = []
+        for name in wanted:
+            mask = _NLA.pack(8, _IFLA_EXT_MASK) + _U32.pack(_RTEXT_FILTER_SKIP_STATS)
+            body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _name_attr(name) + mask
+            requests.append((_RTM_GETLINK, _NLM_F_REQUEST, body))
+        out: list[tuple[Link, bool | None]] = []
+        for kind, data, body_off, end in await self._exchange(requests):
+            if kind == _NLMSG_ERROR:
+                code = -int(_I32.unpack_from(data, body_off)[0])
+                if code not in (0, errno.ENODEV):
+                    raise NetlinkError(code, os.strerror(code))
+            elif kind == _RTM_NEWLINK:
+                out.append(_parse_raw_link_ipv6(data, body_off, end))
+        return out
 
     async def set_links(self, settings: Sequence[LinkSetting]) -> dict[str, int]:
         """Apply many links' settings at once: one RTM_NEWLINK (set) per link, sent
         together in chunks, each acknowledged. name -> errno of those that failed."""
         failed: dict[str, int] = {}
         for i in range(0, len(settings), _SETLINK_CHUNK):
-            failed.update(await self._set_links(settings[i : i + _SETLINK_CHUNK]))
-        return failed
-
-    async def _set_links(self, settings: Sequence[LinkSetting]) -> dict[str, int]:
-        async with self._lock:
-            loop = asyncio.get_running_loop()
-            if self._sock is None:
-                self._sock = self._open()
-            sock = self._sock
-            pending: dict[int, str] = {}
-            batch = b""
-            for st in settings:
-                raw = st.name.encode() + b"\0"
-                body = _NLA.pack(4 + len(raw), _IFLA_IFNAME) + raw
-                body += b"\0" * (-len(body) % 4)
+            chunk = settings[i : i + _SETLINK_CHUNK]
+            requests = []
+            for st in chunk:
+                body = _name_attr(st.name)
                 if st.mtu is not None:
                     body += _NLA.pack(8, _IFLA_MTU) + _U32.pack(st.mtu)
                 if st.master is not None:
@@ -508,34 +478,47 @@ class RtnlDumper:
                     change = IFF_UP
                     flags = IFF_UP if st.up else 0
                 body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, flags, change) + body
+                requests.append((_RTM_NEWLINK, _NLM_F_REQUEST | _NLM_F_ACK, body))
+            answers = await self._exchange(requests)
+            for st, (kind, data, body_off, _end) in zip(chunk, answers, strict=True):
+                code = -int(_I32.unpack_from(data, body_off)[0]) if kind == _NLMSG_ERROR else 0
+                if code:
+                    failed[st.name] = code
+        return failed
+
+    async def _exchange(
+        self, requests: list[tuple[int, int, bytes]]
+    ) -> list[tuple[int, bytes, int, int]]:
+        """Send (type, flags, body) requests in one write; the one answer to each, in
+        request order, as (type, data, body start, end): the object asked for, or an
+        error/ack message."""
+        async with self._lock:
+            loop = asyncio.get_running_loop()
+            if self._sock is None:
+                self._sock = self._open()
+            sock = self._sock
+            index: dict[int, int] = {}
+            batch = b""
+            for i, (msg_type, flags, body) in enumerate(requests):
                 self._seq = (self._seq + 1) & 0xFFFFFFFF
-                pending[self._seq] = st.name
-                batch += _NLMSGHDR.pack(
-                    _NLMSGHDR.size + len(body),
-                    _RTM_NEWLINK,
-                    _NLM_F_REQUEST | _NLM_F_ACK,
-                    self._seq,
-                    0,
-                )
+                index[self._seq] = i
+                batch += _NLMSGHDR.pack(_NLMSGHDR.size + len(body), msg_type, flags, self._seq, 0)
                 batch += body
-            failed: dict[str, int] = {}
+            answers: list[tuple[int, bytes, int, int] | None] = [None] * len(requests)
             try:
                 await loop.sock_sendall(sock, batch)
-                while pending:
+                while index:
                     data = await loop.sock_recv(sock, _RECV_SIZE)
                     if not data:
                         raise ConnectionError("netlink socket closed")
-                    for kind, _flags, mseq, body_off, _end in _messages(data):
-                        name = pending.pop(mseq, None)
-                        if name is None or kind != _NLMSG_ERROR:
-                            continue
-                        code = -int(_I32.unpack_from(data, body_off)[0])
-                        if code:
-                            failed[name] = code
+                    for kind, _flags, mseq, body_off, end in _messages(data):
+                        i = index.pop(mseq, -1)
+                        if i >= 0:
+                            answers[i] = (kind, data, body_off, end)
             except BaseException:
                 self.close()  # answers may still be queued: start afresh next time
                 raise
-            return failed
+            return [a for a in answers if a is not None]
 
     async def tunnel_fdb(self, ifindexes: set[int] | None = None) -> dict[int, set[FdbEntry]]:
         """What dump_tunnel_fdb returns, optionally only for the devices `ifindexes`."""

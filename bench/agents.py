@@ -79,7 +79,7 @@ from bench.api import (  # noqa: E402
     vm_kb,
 )
 from bench.fake_agents import TAG_BASE, raise_nofile  # noqa: E402
-from drivers.netlink import avoid_forking_for_netns_sockets, open_iproute  # noqa: E402
+from drivers.netlink import RtnlDumper, avoid_forking_for_netns_sockets  # noqa: E402
 from drivers.plug import plug  # noqa: E402
 from tests.support.netns import NamespacePool, Node, build_underlay, list_run_namespaces  # noqa: E402
 
@@ -266,23 +266,23 @@ class Node1:
 
 
 # Netlink sockets of the namespaces the benchmark plugs into, kept open across plugs
-# as a compute host's plugging service would (plug(node_ipr=, workload_ipr=)). A
+# as a compute host's plugging service would (plug(node_nl=, workload_nl=)). A
 # namespace's socket is closed before the namespace is deleted: an open socket would
 # keep the namespace, and its veths, alive.
-_SOCKETS: dict[str, Any] = {}
+_SOCKETS: dict[str, RtnlDumper] = {}
 
 
-def _socket(ns: str) -> Any:
-    ipr = _SOCKETS.get(ns)
-    if ipr is None:
-        ipr = _SOCKETS[ns] = open_iproute(ns)
-    return ipr
+def _socket(ns: str) -> RtnlDumper:
+    nl = _SOCKETS.get(ns)
+    if nl is None:
+        nl = _SOCKETS[ns] = RtnlDumper(ns)
+    return nl
 
 
 def _close_socket(ns: str) -> None:
-    ipr = _SOCKETS.pop(ns, None)
-    if ipr is not None:
-        ipr.close()
+    nl = _SOCKETS.pop(ns, None)
+    if nl is not None:
+        nl.close()
 
 
 async def _plug(node: Node, wl: str, port: port_pb2.Port, mtu: int, ifname: str) -> float:
@@ -294,8 +294,8 @@ async def _plug(node: Node, wl: str, port: port_pb2.Port, mtu: int, ifname: str)
         netns=wl,
         ifname=ifname,
         node_netns=node.ns,
-        node_ipr=_socket(node.ns),
-        workload_ipr=_socket(wl),
+        node_nl=_socket(node.ns),
+        workload_nl=_socket(wl),
     )
     return (time.monotonic() - t) * 1000
 

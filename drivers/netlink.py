@@ -146,6 +146,11 @@ _NLM_F_REQUEST = 0x1
 _NLM_F_ACK = 0x4
 _NLM_F_DUMP = 0x300
 _NLM_F_DUMP_INTR = 0x10
+_NLM_F_EXCL = 0x200
+_NLM_F_CREATE = 0x400
+_NLA_F_NESTED = 0x8000
+_IFLA_NET_NS_FD = 28
+_VETH_INFO_PEER = 1
 _NLMSG_ERROR = 2
 _NLMSG_DONE = 3
 _NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
@@ -223,11 +228,14 @@ def _messages(data: bytes) -> Iterator[tuple[int, int, int, int, int]]:
         off += (length + 3) & ~3
 
 
-def _name_attr(name: str) -> bytes:
-    """IFLA_IFNAME, padded."""
-    raw = name.encode() + b"\0"
-    attr = _NLA.pack(4 + len(raw), _IFLA_IFNAME) + raw
+def _attr(kind: int, payload: bytes) -> bytes:
+    """One netlink attribute, padded to 4 bytes."""
+    attr = _NLA.pack(4 + len(payload), kind) + payload
     return attr + b"\0" * (-len(attr) % 4)
+
+
+def _name_attr(name: str) -> bytes:
+    return _attr(_IFLA_IFNAME, name.encode() + b"\0")
 
 
 def _asciiz(data: bytes, span: tuple[int, int]) -> str:
@@ -339,6 +347,7 @@ class LinkSetting:
     mtu: int | None = None
     master: int | None = None
     up: bool | None = None
+    alias: str | None = None
 
 
 class RtnlDumper:
@@ -473,6 +482,8 @@ class RtnlDumper:
                     body += _NLA.pack(8, _IFLA_MTU) + _U32.pack(st.mtu)
                 if st.master is not None:
                     body += _NLA.pack(8, _IFLA_MASTER) + _U32.pack(st.master)
+                if st.alias is not None:
+                    body += _attr(_IFLA_IFALIAS, st.alias.encode())
                 flags = change = 0
                 if st.up is not None:
                     change = IFF_UP
@@ -485,6 +496,42 @@ class RtnlDumper:
                 if code:
                     failed[st.name] = code
         return failed
+
+    async def create_veth(
+        self, name: str, mtu: int, peer: str, peer_mac: str, peer_netns: str
+    ) -> None:
+        """A veth pair in one request: `name` here (down), `peer` in namespace
+        `peer_netns` with MAC `peer_mac`, both with `mtu`. NetlinkError(EEXIST) when
+        either name is taken (nothing is created then)."""
+        fd = os.open(netns_path(peer_netns), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            mac = bytes(int(b, 16) for b in peer_mac.split(":"))
+            peer_attrs = (
+                _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
+                + _name_attr(peer)
+                + _attr(_IFLA_ADDRESS, mac)
+                + _NLA.pack(8, _IFLA_MTU)
+                + _U32.pack(mtu)
+                + _NLA.pack(8, _IFLA_NET_NS_FD)
+                + _U32.pack(fd)
+            )
+            info = _attr(_IFLA_INFO_KIND, b"veth") + _attr(
+                _IFLA_INFO_DATA | _NLA_F_NESTED, _attr(_VETH_INFO_PEER, peer_attrs)
+            )
+            body = (
+                _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
+                + _name_attr(name)
+                + _NLA.pack(8, _IFLA_MTU)
+                + _U32.pack(mtu)
+                + _attr(_IFLA_LINKINFO | _NLA_F_NESTED, info)
+            )
+            flags = _NLM_F_REQUEST | _NLM_F_ACK | _NLM_F_CREATE | _NLM_F_EXCL
+            ((kind, data, body_off, _end),) = await self._exchange([(_RTM_NEWLINK, flags, body)])
+        finally:
+            os.close(fd)
+        code = -int(_I32.unpack_from(data, body_off)[0]) if kind == _NLMSG_ERROR else 0
+        if code:
+            raise NetlinkError(code, os.strerror(code))
 
     async def _exchange(
         self, requests: list[tuple[int, int, bytes]]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import ipaddress
+import os
 import socket
 from collections.abc import Sequence
 from typing import Any
@@ -22,7 +23,15 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from drivers import sysctl
 from drivers.model import normalize_mac, owned_alias, port_device_name
-from drivers.netlink import delete_link, get_link, netns_exists, netns_path, open_iproute
+from drivers.netlink import (
+    LinkSetting,
+    RtnlDumper,
+    delete_link,
+    get_link,
+    netns_exists,
+    netns_path,
+    open_iproute,
+)
 
 
 class PlugError(Exception):
@@ -40,27 +49,56 @@ async def plug(
     fixed_ips: Sequence[tuple[str, int]] | None = None,
     gateway: str | None = None,
     disable_tx_offload: bool = False,
-    node_ipr: Any = None,
-    workload_ipr: Any = None,
+    node_nl: RtnlDumper | None = None,
+    workload_nl: RtnlDumper | None = None,
 ) -> str:
     """Plug workload namespace `netns` into port `port_id`; returns the host device name.
 
     Idempotent: plugging again reconfigures the existing pair (MAC, MTU, addresses,
-    route); a host end left without its workload end is recreated. node_ipr /
-    workload_ipr: open AsyncIPRoute sockets of node_netns / netns to use (and leave
-    open), for a caller plugging many workloads.
+    route); a host end left without its workload end is recreated. node_nl /
+    workload_nl: raw netlink sockets of node_netns / netns to use (and leave open), for
+    a caller plugging many workloads.
     """
     mac = normalize_mac(mac)
     host_dev = port_device_name(port_id)
     if not netns_exists(netns):
         raise PlugError(f"workload namespace {netns!r} does not exist")
-    node = node_ipr if node_ipr is not None else open_iproute(node_netns)
-    workload = workload_ipr if workload_ipr is not None else open_iproute(netns)
+    node_raw = node_nl if node_nl is not None else RtnlDumper(node_netns)
+    workload_raw = workload_nl if workload_nl is not None else RtnlDumper(netns)
     try:
-        if await _plug_new(node, workload, port_id, host_dev, mac, mtu, netns, ifname, node_netns):
-            if fixed_ips:
-                await _configure_addresses(workload, ifname, fixed_ips, gateway)
-            return await _finish(host_dev, netns, ifname, disable_tx_offload)
+        fresh = await _plug_new(
+            node_raw, workload_raw, port_id, host_dev, mac, mtu, netns, ifname, node_netns
+        )
+    finally:
+        if node_nl is None:
+            node_raw.close()
+        if workload_nl is None:
+            workload_raw.close()
+    if not fresh:
+        await _replug(port_id, host_dev, mac, mtu, netns, ifname, node_netns)
+    if fixed_ips:
+        workload = open_iproute(netns)
+        try:
+            await _configure_addresses(workload, ifname, fixed_ips, gateway)
+        finally:
+            workload.close()
+    return await _finish(host_dev, netns, ifname, disable_tx_offload)
+
+
+async def _replug(
+    port_id: str,
+    host_dev: str,
+    mac: str,
+    mtu: int,
+    netns: str,
+    ifname: str,
+    node_netns: str | None,
+) -> None:
+    """The idempotent path, when either end exists already: check what is there,
+    recreate a host end left alone, and (re)configure both ends."""
+    node = open_iproute(node_netns)
+    workload = open_iproute(netns)
+    try:
         host_link = await get_link(node, host_dev)
         inner = await get_link(workload, ifname)
         if host_link is not None and inner is None:
@@ -69,7 +107,13 @@ async def plug(
         if host_link is None:
             if inner is not None:
                 raise PlugError(f"{ifname} already exists in namespace {netns!r}")
-            await _create_pair(node, host_dev, mac, mtu, netns, ifname)
+            await node.link(
+                "add",
+                ifname=host_dev,
+                kind="veth",
+                mtu=mtu,
+                peer={"ifname": ifname, "net_ns_fd": netns_path(netns), "address": mac, "mtu": mtu},
+            )
         elif inner is not None and inner.kind != "veth":
             raise PlugError(f"{ifname} in namespace {netns!r} is a {inner.kind}, not a veth")
         # Host end: no IPv6 of its own (it only forwards), marked as ours, up.
@@ -80,14 +124,9 @@ async def plug(
         await workload.link("set", ifname="lo", state="up")
         await workload.link("set", ifname=ifname, address=mac, mtu=mtu)
         await workload.link("set", ifname=ifname, state="up")
-        if fixed_ips:
-            await _configure_addresses(workload, ifname, fixed_ips, gateway)
     finally:
-        if node_ipr is None:
-            node.close()
-        if workload_ipr is None:
-            workload.close()
-    return await _finish(host_dev, netns, ifname, disable_tx_offload)
+        node.close()
+        workload.close()
 
 
 async def _finish(host_dev: str, netns: str, ifname: str, disable_tx_offload: bool) -> str:
@@ -96,22 +135,9 @@ async def _finish(host_dev: str, netns: str, ifname: str, disable_tx_offload: bo
     return host_dev
 
 
-async def _create_pair(
-    node: Any, host_dev: str, mac: str, mtu: int, netns: str, ifname: str
-) -> None:
-    """The veth pair, its workload end already in `netns` with the port's MAC and MTU."""
-    await node.link(
-        "add",
-        ifname=host_dev,
-        kind="veth",
-        mtu=mtu,
-        peer={"ifname": ifname, "net_ns_fd": netns_path(netns), "address": mac, "mtu": mtu},
-    )
-
-
 async def _plug_new(
-    node: Any,
-    workload: Any,
+    node: RtnlDumper,
+    workload: RtnlDumper,
     port_id: str,
     host_dev: str,
     mac: str,
@@ -120,21 +146,25 @@ async def _plug_new(
     ifname: str,
     node_netns: str | None,
 ) -> bool:
-    """The common case in as few round trips as possible: the pair is created with the
-    workload end's name, namespace, MAC and MTU in one request. False (nothing done)
-    when either name exists already: the caller takes the idempotent path."""
+    """The common case in a few pipelined netlink messages: the pair is created with
+    the workload end's name, namespace, MAC and MTU in one request. False (nothing
+    done) when either name exists already: the caller takes the idempotent path."""
     try:
-        await _create_pair(node, host_dev, mac, mtu, netns, ifname)
+        await node.create_veth(host_dev, mtu, ifname, mac, netns)
     except NetlinkError as exc:
         if exc.code == errno.EEXIST:
             return False
         raise
     # Host end: no IPv6 of its own (it only forwards) before it comes up, marked ours.
     await sysctl.disable_ipv6(node_netns, [host_dev])
-    await node.link("set", ifname=host_dev, ifalias=owned_alias(port_id), state="up")
-    await workload.link("set", ifname="lo", state="up")
-    await workload.link("set", ifname=ifname, state="up")
+    _check(await node.set_links([LinkSetting(host_dev, alias=owned_alias(port_id), up=True)]))
+    _check(await workload.set_links([LinkSetting("lo", up=True), LinkSetting(ifname, up=True)]))
     return True
+
+
+def _check(failed: dict[str, int]) -> None:
+    for name, code in failed.items():
+        raise NetlinkError(code, f"{name}: {os.strerror(code)}")
 
 
 async def _configure_addresses(

@@ -17,6 +17,7 @@ import ipaddress
 import os
 import socket
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError
@@ -65,17 +66,16 @@ async def plug(
         raise PlugError(f"workload namespace {netns!r} does not exist")
     node_raw = node_nl if node_nl is not None else RtnlDumper(node_netns)
     workload_raw = workload_nl if workload_nl is not None else RtnlDumper(netns)
+    pair = _Pair(port_id, host_dev, mac, mtu, netns, ifname, node_netns)
     try:
-        fresh = await _plug_new(
-            node_raw, workload_raw, port_id, host_dev, mac, mtu, netns, ifname, node_netns
-        )
+        fresh = await _plug_new(node_raw, workload_raw, pair)
     finally:
         if node_nl is None:
             node_raw.close()
         if workload_nl is None:
             workload_raw.close()
     if not fresh:
-        await _replug(port_id, host_dev, mac, mtu, netns, ifname, node_netns)
+        await _replug(pair)
     if fixed_ips:
         workload = open_iproute(netns)
         try:
@@ -85,17 +85,24 @@ async def plug(
     return await _finish(host_dev, netns, ifname, disable_tx_offload)
 
 
-async def _replug(
-    port_id: str,
-    host_dev: str,
-    mac: str,
-    mtu: int,
-    netns: str,
-    ifname: str,
-    node_netns: str | None,
-) -> None:
+@dataclass(frozen=True, slots=True)
+class _Pair:
+    """What one plug wires: the port's veth pair and where its ends go."""
+
+    port_id: str
+    host_dev: str
+    mac: str
+    mtu: int
+    netns: str
+    ifname: str
+    node_netns: str | None
+
+
+async def _replug(pair: _Pair) -> None:
     """The idempotent path, when either end exists already: check what is there,
     recreate a host end left alone, and (re)configure both ends."""
+    port_id, host_dev, mac, mtu = pair.port_id, pair.host_dev, pair.mac, pair.mtu
+    netns, ifname, node_netns = pair.netns, pair.ifname, pair.node_netns
     node = open_iproute(node_netns)
     workload = open_iproute(netns)
     try:
@@ -135,30 +142,22 @@ async def _finish(host_dev: str, netns: str, ifname: str, disable_tx_offload: bo
     return host_dev
 
 
-async def _plug_new(
-    node: RtnlDumper,
-    workload: RtnlDumper,
-    port_id: str,
-    host_dev: str,
-    mac: str,
-    mtu: int,
-    netns: str,
-    ifname: str,
-    node_netns: str | None,
-) -> bool:
+async def _plug_new(node: RtnlDumper, workload: RtnlDumper, pair: _Pair) -> bool:
     """The common case in a few pipelined netlink messages: the pair is created with
     the workload end's name, namespace, MAC and MTU in one request. False (nothing
     done) when either name exists already: the caller takes the idempotent path."""
     try:
-        await node.create_veth(host_dev, mtu, ifname, mac, netns)
+        await node.create_veth(pair.host_dev, pair.mtu, pair.ifname, pair.mac, pair.netns)
     except NetlinkError as exc:
         if exc.code == errno.EEXIST:
             return False
         raise
     # Host end: no IPv6 of its own (it only forwards) before it comes up, marked ours.
-    await sysctl.disable_ipv6(node_netns, [host_dev])
-    _check(await node.set_links([LinkSetting(host_dev, alias=owned_alias(port_id), up=True)]))
-    _check(await workload.set_links([LinkSetting("lo", up=True), LinkSetting(ifname, up=True)]))
+    await sysctl.disable_ipv6(pair.node_netns, [pair.host_dev])
+    host_end = LinkSetting(pair.host_dev, alias=owned_alias(pair.port_id), up=True)
+    _check(await node.set_links([host_end]))
+    workload_end = LinkSetting(pair.ifname, up=True)
+    _check(await workload.set_links([LinkSetting("lo", up=True), workload_end]))
     return True
 
 

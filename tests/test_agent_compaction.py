@@ -129,7 +129,7 @@ async def test_agent_back_after_compaction_gets_snapshot_and_removes_deleted_por
                 "both agents on controller A",
                 sessions_on(ctl_a, "node1", "node2"),
                 20,
-                agents.logs(),
+                agents.logs,
             )
 
             # A VXLAN network; two ports on node1 (pa, pb), one on node2 (p2).
@@ -159,16 +159,14 @@ async def test_agent_back_after_compaction_gets_snapshot_and_removes_deleted_por
 
                 return probe
 
-            await eventually(
-                "pa, pb, p2 ACTIVE", all_active(pa.id, pb.id, p2.id), 15, agents.logs()
-            )
+            await eventually("pa, pb, p2 ACTIVE", all_active(pa.id, pb.id, p2.id), 15, agents.logs)
             for src, dst in ((wa, ip2), (wb, ip2), (w2, ipa), (w2, ipb)):
-                await eventually(f"{src} -> {dst}", reaches(src, dst), 15, agents.logs())
+                await eventually(f"{src} -> {dst}", reaches(src, dst), 15, agents.logs)
 
             # node1's agent loses its only controller; node2's moves to ctl_api.
             await stop(ctl_a)
             await eventually(
-                "node2's agent on ctl_api", sessions_on(ctl_api, "node2"), 15, agents.logs()
+                "node2's agent on ctl_api", sessions_on(ctl_api, "node2"), 15, agents.logs
             )
 
             # While node1 is away: a new port there (created first, so it cannot take
@@ -196,7 +194,7 @@ async def test_agent_back_after_compaction_gets_snapshot_and_removes_deleted_por
                     "node1's agent back, on the new controller",
                     sessions_on(ctl_a2, "node1"),
                     20,
-                    agents.logs(),
+                    agents.logs,
                 )
                 back = [c for c in connections(caplog, "node1") if c[2] > 0]
                 assert len(back) == 1, connections(caplog, "node1")
@@ -224,16 +222,16 @@ async def test_agent_back_after_compaction_gets_snapshot_and_removes_deleted_por
             async def pb_gone() -> bool:
                 return await link_info(node1.ns, tap(pb.id)) is None
 
-            await eventually("pb's device removed on node1", pb_gone, 15, agents.logs())
+            await eventually("pb's device removed on node1", pb_gone, 15, agents.logs)
             # The new port is wired; the remaining ports carry traffic both ways.
             await eventually("pa, pc, p2 ACTIVE", all_active(pa.id, pc.id, p2.id), 15)
             for src, dst in ((wa, ip2), (w2, ipa), (wc, ip2), (w2, ipc), (wa, ipc)):
-                await eventually(f"{src} -> {dst}", reaches(src, dst), 15, agents.logs())
+                await eventually(f"{src} -> {dst}", reaches(src, dst), 15, agents.logs)
             assert not await ping(w2, ipb, count=1, wait=1), "deleted pb still answers"
             assert not await ping(wa, ipb, count=1, wait=1), "deleted pb still answers"
             assert await link_info(wb, "eth0") is None, "pb's workload end outlived it"
         except BaseException:
-            print(agents.logs())
+            print(agents.logs)
             raise
         finally:
             await agents.kill_all()

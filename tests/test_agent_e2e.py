@@ -135,15 +135,21 @@ async def controller(endpoint: str, prefix: bytes) -> AsyncIterator[Controller]:
 
 
 async def eventually(
-    what: str, probe: Callable[[], Awaitable[Any]], timeout: float = 10.0, diag: str = ""
+    what: str,
+    probe: Callable[[], Awaitable[Any]],
+    timeout: float = 10.0,
+    diag: str | Callable[[], str] = "",
 ) -> Any:
+    """Poll `probe` until truthy; on timeout fail with `diag` (a callable: read then, so
+    agent logs show what happened up to the timeout)."""
     deadline = time.monotonic() + timeout
     while True:
         value = await probe()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}\n{diag}")
+            text = diag() if callable(diag) else diag
+            raise AssertionError(f"timed out waiting for {what}\n{text}")
         await asyncio.sleep(0.1)
 
 
@@ -179,7 +185,7 @@ async def test_agents_bind_wire_and_carry_traffic(etcd_endpoint: str, key_prefix
         try:
             await _scenario(pool, agents, channel, target)
         except BaseException:
-            print(agents.logs())
+            print(agents.logs)
             raise
         finally:
             await agents.kill_all()
@@ -206,7 +212,7 @@ async def _scenario(
     async def both_alive() -> bool:
         return set(await alive_hosts()) == {"node1", "node2"}
 
-    await eventually("both agents alive", both_alive, 15, agents.logs())
+    await eventually("both agents alive", both_alive, 15, agents.logs)
     listed = await alive_hosts()
     assert listed["node1"].tunnel_ip == "192.0.2.1"
     assert "vxlan" in listed["node1"].supported_network_types
@@ -242,10 +248,10 @@ async def _scenario(
 
     # DOWN -> ACTIVE once the agents wired them; traffic crosses the VXLAN overlay.
     for p in (p1, p2):
-        await eventually(f"{p.name} ACTIVE", status_is(p.id, "ACTIVE"), 10, agents.logs())
+        await eventually(f"{p.name} ACTIVE", status_is(p.id, "ACTIVE"), 10, agents.logs)
     # ACTIVE means wired on its own host; the other host's l2population entries converge
     # on their own, hence "eventually" for every ping that must pass.
-    await eventually("ping across nodes over VXLAN", reaches(w1, ip2), 10, agents.logs())
+    await eventually("ping across nodes over VXLAN", reaches(w1, ip2), 10, agents.logs)
 
     # admin_state_up false takes the port DOWN and stops the traffic; true restores it.
     async def set_admin(port_id: str, up: bool) -> None:
@@ -257,11 +263,11 @@ async def _scenario(
         )
 
     await set_admin(p2.id, False)
-    await eventually("p2 DOWN", status_is(p2.id, "DOWN"), 10, agents.logs())
+    await eventually("p2 DOWN", status_is(p2.id, "DOWN"), 10, agents.logs)
     assert not await ping(w1, ip2, count=1, wait=1), "ping still passes with admin down"
     await set_admin(p2.id, True)
-    await eventually("p2 ACTIVE again", status_is(p2.id, "ACTIVE"), 10, agents.logs())
-    await eventually("ping with admin up again", reaches(w1, ip2), 10, agents.logs())
+    await eventually("p2 ACTIVE again", status_is(p2.id, "ACTIVE"), 10, agents.logs)
+    await eventually("ping with admin up again", reaches(w1, ip2), 10, agents.logs)
 
     # Restarting node2's agent under a 10 ms ping loses nothing.
     before = (await alive_hosts())["node2"].started_at.ToNanoseconds()
@@ -275,7 +281,7 @@ async def _scenario(
         a = (await alive_hosts()).get("node2")
         return a is not None and a.started_at.ToNanoseconds() != before
 
-    await eventually("node2's agent back", restarted, 10, agents.logs())
+    await eventually("node2's agent back", restarted, 10, agents.logs)
     out_b, _ = await asyncio.wait_for(pinger.communicate(), 30)
     stats = parse_ping_stats(out_b.decode())
     assert stats.transmitted == count and stats.lost == 0, out_b.decode()
@@ -288,7 +294,7 @@ async def _scenario(
         res = await ns_run(node2.ns, "ip", "link", "show", "tap" + p2.id[:11], check=False)
         return not res.ok
 
-    await eventually("p2's device removed", tap_gone, 10, agents.logs())
+    await eventually("p2's device removed", tap_gone, 10, agents.logs)
     assert not await ping(w1, ip2, count=1, wait=1)
 
     # Re-binding moves a port: the old host unwires it (its device goes), the new host
@@ -297,8 +303,8 @@ async def _scenario(
     p3 = await admin.port(net.id, name="p3", binding_host_id="node2")
     ip3 = p3.fixed_ips.ips[0].ip_address
     await cli(target, "port", "plug", p3.id, "--netns", w3, "--node-netns", node2.ns, "--static-ip")
-    await eventually("p3 ACTIVE on node2", status_is(p3.id, "ACTIVE"), 10, agents.logs())
-    await eventually("ping p3 on node2", reaches(w1, ip3), 10, agents.logs())
+    await eventually("p3 ACTIVE on node2", status_is(p3.id, "ACTIVE"), 10, agents.logs)
+    await eventually("ping p3 on node2", reaches(w1, ip3), 10, agents.logs)
     moved = await admin.ports.UpdatePort(
         port_pb2.UpdatePortRequest(
             port=port_pb2.Port(id=p3.id, binding_host_id="node1"),
@@ -311,13 +317,13 @@ async def _scenario(
         res = await ns_run(node2.ns, "ip", "link", "show", "tap" + p3.id[:11], check=False)
         return not res.ok
 
-    await eventually("p3 unwired on node2", p3_gone_from_node2, 10, agents.logs())
+    await eventually("p3 unwired on node2", p3_gone_from_node2, 10, agents.logs)
     await cli(target, "port", "plug", p3.id, "--netns", w3, "--node-netns", node1.ns, "--static-ip")
-    await eventually("p3 ACTIVE on node1", status_is(p3.id, "ACTIVE"), 10, agents.logs())
+    await eventually("p3 ACTIVE on node1", status_is(p3.id, "ACTIVE"), 10, agents.logs)
     # The moved workload speaks first (as a migrated VM's gratuitous ARP would): node1's
     # bridge learned p3's MAC behind the VXLAN port while p3 was remote.
-    await eventually("ping from moved p3", reaches(w3, ip1), 10, agents.logs())
-    await eventually("ping moved p3", reaches(w1, ip3), 10, agents.logs())
+    await eventually("ping from moved p3", reaches(w3, ip1), 10, agents.logs)
+    await eventually("ping moved p3", reaches(w1, ip3), 10, agents.logs)
 
     # A killed agent is marked dead within the lease TTL (+ margin).
     await agents.kill("node1")
@@ -326,7 +332,7 @@ async def _scenario(
     async def node1_dead() -> bool:
         return "node1" not in await alive_hosts()
 
-    await eventually("node1 dead", node1_dead, LEASE_TTL + 5, agents.logs())
+    await eventually("node1 dead", node1_dead, LEASE_TTL + 5, agents.logs)
     # Lease TTL, plus etcd's expiry check (~0.5 s) and our polling; slack for a busy CI.
     assert time.monotonic() - t0 <= LEASE_TTL + 3.0
     resp = await agent_api.ListAgents(agent_pb2.ListAgentsRequest(host="node1"), metadata=md)
@@ -362,7 +368,7 @@ async def test_agents_move_to_another_controller(etcd_endpoint: str, key_prefix:
             async def on_a() -> bool:
                 return len(a_sessions) == 2
 
-            await eventually("both agents on controller A", on_a, 15, agents.logs())
+            await eventually("both agents on controller A", on_a, 15, agents.logs)
             net = await admin.network(name="fo")
             await admin.subnet(net.id, "10.78.0.0/24")
             w1, w2, w3 = [await pool.create(n) for n in ("w1", "w2", "w3")]
@@ -379,7 +385,7 @@ async def test_agents_move_to_another_controller(etcd_endpoint: str, key_prefix:
                         return False
                 return True
 
-            await eventually("p1, p2 ACTIVE", lambda: all_active(p1.id, p2.id), 10, agents.logs())
+            await eventually("p1, p2 ACTIVE", lambda: all_active(p1.id, p2.id), 10, agents.logs)
             ip2 = p2.fixed_ips.ips[0].ip_address
             count = 300
             pinger = await pool.spawn(
@@ -392,7 +398,7 @@ async def test_agents_move_to_another_controller(etcd_endpoint: str, key_prefix:
             async def on_b() -> bool:
                 return len(b_sessions) == 2
 
-            await eventually("both agents on controller B", on_b, LEASE_TTL, agents.logs())
+            await eventually("both agents on controller B", on_b, LEASE_TTL, agents.logs)
             out, _ = await asyncio.wait_for(pinger.communicate(), 30)
             stats = parse_ping_stats(out.decode())
             assert stats.transmitted == count and stats.lost == 0, out.decode()
@@ -402,15 +408,15 @@ async def test_agents_move_to_another_controller(etcd_endpoint: str, key_prefix:
             assert p3.binding_vif_type == "bridge"
             await cli(target_b, "port", "plug", p3.id, "--netns", w3, "--node-netns", node1.ns,
                       "--static-ip")  # fmt: skip
-            await eventually("p3 ACTIVE", lambda: all_active(p3.id), 10, agents.logs())
-            await eventually("ping from p3", reaches(w3, ip2), 10, agents.logs())
+            await eventually("p3 ACTIVE", lambda: all_active(p3.id), 10, agents.logs)
+            await eventually("ping from p3", reaches(w3, ip2), 10, agents.logs)
             agent_api = agent_pb2_grpc.AgentServiceStub(channel)
             resp = await agent_api.ListAgents(
                 agent_pb2.ListAgentsRequest(), metadata=bearer(ADMIN_TOKEN)
             )
             assert [(a.host, a.alive) for a in resp.agents] == [("node1", True), ("node2", True)]
         except BaseException:
-            print(agents.logs())
+            print(agents.logs)
             raise
         finally:
             await agents.kill_all()
@@ -447,7 +453,7 @@ async def test_security_groups_reach_the_agents_firewall(
                 )
                 return len(resp.agents) == 2
 
-            await eventually("both agents alive", both_alive, 15, agents.logs())
+            await eventually("both agents alive", both_alive, 15, agents.logs)
             net = await admin.network(name="sg")
             await admin.subnet(net.id, "10.79.0.0/24")
             closed = await admin.sg(name="closed")
@@ -471,7 +477,7 @@ async def test_security_groups_reach_the_agents_firewall(
                         return False
                 return True
 
-            await eventually("ports ACTIVE", all_active, 15, agents.logs())
+            await eventually("ports ACTIVE", all_active, 15, agents.logs)
             ip2 = p2.fixed_ips.ips[0].ip_address
             ip3 = p3.fixed_ips.ips[0].ip_address
 
@@ -496,7 +502,7 @@ async def test_security_groups_reach_the_agents_firewall(
             )
             await eventually("removing the rule closes p3", lambda: blocked(ip3), 10)
         except BaseException:
-            print(agents.logs())
+            print(agents.logs)
             raise
         finally:
             await agents.kill_all()
@@ -546,7 +552,7 @@ async def test_openvswitch_agents_carry_traffic(etcd_endpoint: str, key_prefix: 
                 )
                 return sorted(a.mechanism for a in resp.agents) == ["openvswitch"] * 2
 
-            await eventually("both OVS agents alive", both_alive, 20, agents.logs())
+            await eventually("both OVS agents alive", both_alive, 20, agents.logs)
             net = await admin.network(name="ovs")
             await admin.subnet(net.id, "10.80.0.0/24")
             ws = [await pool.create(f"w{i}") for i in (1, 2)]
@@ -565,7 +571,7 @@ async def test_openvswitch_agents_carry_traffic(etcd_endpoint: str, key_prefix: 
                         return False
                 return True
 
-            await eventually("OVS ports ACTIVE", all_active, 20, agents.logs())
+            await eventually("OVS ports ACTIVE", all_active, 20, agents.logs)
             ip2 = ports[1].fixed_ips.ips[0].ip_address
             await eventually("ping across OVS hosts", reaches(ws[0], ip2), 10)
             # A group with Neutron's egress-only defaults: ingress to port 2 is now denied.
@@ -577,11 +583,11 @@ async def test_openvswitch_agents_carry_traffic(etcd_endpoint: str, key_prefix: 
             async def blocked() -> bool:
                 return not await reaches(ws[0], ip2)()
 
-            await eventually("ingress blocked on the OVS port", blocked, 10, agents.logs())
+            await eventually("ingress blocked on the OVS port", blocked, 10, agents.logs)
             await admin.update_port(ports[1].id, security_groups=ports[1].security_groups)
-            await eventually("ingress allowed again", reaches(ws[0], ip2), 10, agents.logs())
+            await eventually("ingress allowed again", reaches(ws[0], ip2), 10, agents.logs)
         except BaseException:
-            print(agents.logs())
+            print(agents.logs)
             raise
         finally:
             await agents.kill_all()

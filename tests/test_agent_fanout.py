@@ -317,13 +317,23 @@ def test_incremental_deltas_equal_recomputed_views() -> None:
                             remote_group_id=rnd.choice(["", "", *groups]),
                         )
                     )
-            elif r < 0.9:
+            elif r < 0.85:
                 h = rnd.choice(hosts)
                 aid = hoststate.agent_id("Linux bridge agent", h)
                 if w.cache.get(AgentLiveness, aid) is None:
                     w.change(AgentLiveness(id=aid, project_id=""))
                 else:
                     w.change(deleted=(("agent_alive", aid),))
+            elif r < 0.9:
+                # An agent restarts (new record and liveness key), maybe with a new
+                # tunnel IP (possibly one another host has).
+                h = rnd.choice(hosts)
+                aid = hoststate.agent_id("Linux bridge agent", h)
+                ip = rnd.choice([ips[h], ips[h], "192.0.2.9", "192.0.2.1", ""])
+                w.change(
+                    Agent(id=aid, project_id="", host=h, mechanism="linuxbridge", tunnel_ip=ip),
+                    AgentLiveness(id=aid, project_id="", session=str(step)),
+                )
             else:
                 n = rnd.choice(list(nets))
                 w.change(

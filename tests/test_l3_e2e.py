@@ -122,7 +122,7 @@ async def world(endpoint: str, prefix: bytes) -> AsyncIterator[Any]:
     try:
         yield SimpleNamespace(pool=pool, ctl=ctl, target=target, agents=agents, channel=channel)
     except BaseException:
-        print(agents.logs())
+        print(agents.logs)
         raise
     finally:
         await step("killing the agents", agents.kill_all())
@@ -223,7 +223,7 @@ async def _scenario(w: Any) -> None:
     async def all_alive() -> bool:
         return await alive() == set(nodes)
 
-    await eventually("three agents alive", all_alive, 20, logs())
+    await eventually("three agents alive", all_alive, 20, logs)
     resp = await agent_api.ListAgents(agent_pb2.ListAgentsRequest(), metadata=md)
     assert all(set(a.services) == {"l2", "dhcp", "l3"} for a in resp.agents), resp
 
@@ -253,8 +253,8 @@ async def _scenario(w: Any) -> None:
         found = cache.related(DhcpBinding, "net_dhcp", net_id)
         return found[0].host if len(found) == 1 else ""
 
-    r_host = await eventually("router scheduled", router_host, 10, logs())
-    a_host = await eventually("DHCP of a scheduled", lambda: dhcp_host(net_a.id), 10, logs())
+    r_host = await eventually("router scheduled", router_host, 10, logs)
+    a_host = await eventually("DHCP of a scheduled", lambda: dhcp_host(net_a.id), 10, logs)
 
     # Router ports and the DHCP port are bound to the hosts they were scheduled to.
     async def router_ports_bound() -> bool:
@@ -263,7 +263,7 @@ async def _scenario(w: Any) -> None:
             p.binding_host_id == r_host and p.binding_vif_type == "bridge" for p in ports
         )
 
-    await eventually("router ports bound", router_ports_bound, 10, logs())
+    await eventually("router ports bound", router_ports_bound, 10, logs)
     dhcp_ports = [
         p for p in cache.related(Port, "net_ports", net_a.id) if p.device_owner == "network:dhcp"
     ]
@@ -306,15 +306,15 @@ async def _scenario(w: Any) -> None:
         "--static-ip",
     )
 
-    await eventually("a pings its gateway", reaches(wa_ns, "10.10.1.1"), 15, logs())
-    await eventually("a reaches b through the router", reaches(wa_ns, ip_b), 15, logs())
+    await eventually("a pings its gateway", reaches(wa_ns, "10.10.1.1"), 15, logs)
+    await eventually("a reaches b through the router", reaches(wa_ns, ip_b), 15, logs)
 
     # SNAT: the external side sees the router's gateway address.
     gw_port = next(p for p in cache.related(Port, "device", router.id) if p.network_id == extnet.id)
     snat_ip = gw_port.fixed_ips[0][1]
     await start_peer_server(pool, ext, 7000, "ext")
     await eventually(
-        "a reaches ext with SNAT", peer_is(wa_ns, EXT_GW, 7000, "ext", snat_ip), 10, logs()
+        "a reaches ext with SNAT", peer_is(wa_ns, EXT_GW, 7000, "ext", snat_ip), 10, logs
     )
 
     # Floating IP to b: the external side reaches b and b sees the real source.
@@ -322,24 +322,24 @@ async def _scenario(w: Any) -> None:
     await start_peer_server(pool, wa_ns, 7001, "a")
     fip = await l3.fip(extnet.id, port_id=pb.id)
     fip_ip = fip.floating_ip_address
-    await eventually("ext reaches b by FIP", peer_is(ext, fip_ip, 7001, "b", EXT_GW), 10, logs())
+    await eventually("ext reaches b by FIP", peer_is(ext, fip_ip, 7001, "b", EXT_GW), 10, logs)
 
     async def fip_active() -> bool:
         return (await l3.get_fip(fip.id)).status == "ACTIVE"
 
-    await eventually("FIP ACTIVE", fip_active, 10, logs())
+    await eventually("FIP ACTIVE", fip_active, 10, logs)
     # b leaves by its floating IP, not the router's SNAT address.
-    await eventually("b leaves as its FIP", peer_is(wb_ns, EXT_GW, 7000, "ext", fip_ip), 10, logs())
+    await eventually("b leaves as its FIP", peer_is(wb_ns, EXT_GW, 7000, "ext", fip_ip), 10, logs)
 
     # Moving the floating IP to a moves the traffic.
     await l3.update_fip(fip.id, port_id=pa.id)
-    await eventually("ext reaches a by FIP", peer_is(ext, fip_ip, 7001, "a", EXT_GW), 10, logs())
+    await eventually("ext reaches a by FIP", peer_is(ext, fip_ip, 7001, "a", EXT_GW), 10, logs)
 
     # Static route: 198.51.100.0/24 lives behind b.
     await run("ip", "-n", wb_ns, "addr", "add", "198.51.100.1/32", "dev", "lo")
     await l3.set_routes(router.id, ("198.51.100.0/24", ip_b))
     await eventually(
-        "a reaches 198.51.100.1 via the route", reaches(wa_ns, "198.51.100.1"), 10, logs()
+        "a reaches 198.51.100.1 via the route", reaches(wa_ns, "198.51.100.1"), 10, logs
     )
 
     # The router's host dies (agent SIGKILLed, the node cut off): the router moves.
@@ -351,12 +351,12 @@ async def _scenario(w: Any) -> None:
         host = await router_host()
         return host not in ("", r_host)
 
-    await eventually("router rescheduled", moved, 10, logs())
+    await eventually("router rescheduled", moved, 10, logs)
     t_sched = time.monotonic() - t0
-    await eventually("a reaches b again", reaches(wa_ns, ip_b), 10, logs())
+    await eventually("a reaches b again", reaches(wa_ns, ip_b), 10, logs)
     t_l3 = time.monotonic() - t0
     await eventually(
-        "ext reaches a by FIP again", peer_is(ext, fip_ip, 7001, "a", EXT_GW), 10, logs()
+        "ext reaches a by FIP again", peer_is(ext, fip_ip, 7001, "a", EXT_GW), 10, logs
     )
     t_fip = time.monotonic() - t0
     print(
@@ -367,7 +367,7 @@ async def _scenario(w: Any) -> None:
     # measures it. The eventually() bounds above are what the test requires.
 
     # DHCP: if its agent died, the network moved; either way a new lease works.
-    new_a = await eventually("DHCP of a on a live agent", lambda: dhcp_host(net_a.id), 10, logs())
+    new_a = await eventually("DHCP of a on a live agent", lambda: dhcp_host(net_a.id), 10, logs)
     assert new_a != r_host
     t_dhcp_moved = time.monotonic() - t0
     wc_ns = await pool.create("wc")
@@ -386,7 +386,7 @@ async def _scenario(w: Any) -> None:
         f"DHCP after the agent died: was on {a_host}, now {new_a} ({t_dhcp_moved:.2f} s);"
         f" new lease at {time.monotonic() - t0:.2f} s"
     )
-    await eventually("c reaches b", reaches(wc_ns, ip_b), 10, logs())
+    await eventually("c reaches b", reaches(wc_ns, ip_b), 10, logs)
 
 
 # --------------------------------------------------------------------------- leaders

@@ -35,6 +35,7 @@ from tests.support.etcd import scratch_dir
 from tests.support.netns import (
     NamespacePool,
     Node,
+    announce,
     build_underlay,
     ns_run,
     parse_ping_stats,
@@ -304,6 +305,8 @@ async def _scenario(
     ip3 = p3.fixed_ips.ips[0].ip_address
     await cli(target, "port", "plug", p3.id, "--netns", w3, "--node-netns", node2.ns, "--static-ip")
     await eventually("p3 ACTIVE on node2", status_is(p3.id, "ACTIVE"), 10, agents.logs)
+    # p3 may have been given p2's old address, which w1 still maps to p2's MAC.
+    await announce(w3, ip3)
     await eventually("ping p3 on node2", reaches(w1, ip3), 10, agents.logs)
     moved = await admin.ports.UpdatePort(
         port_pb2.UpdatePortRequest(

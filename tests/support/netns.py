@@ -176,6 +176,15 @@ async def build_underlay(pool: NamespacePool, count: int, *, physnet: bool = Fal
     return Underlay(ul, nodes)
 
 
+async def announce(ns: str, address: str, ifname: str = "eth0") -> None:
+    """A gratuitous ARP from workload `ns` for its `address`, as an OS does when an
+    interface comes up. Needed when IPAM hands out an address a deleted port had: a
+    peer that talked to the old port keeps the old MAC in its ARP cache (REACHABLE for
+    up to ~45 s) and pings the new port in vain until it expires."""
+    await ns_run(ns, "busybox", "arping", "-U", "-c", "1", "-w", "1", "-I", ifname, address,
+                 check=False)  # fmt: skip
+
+
 async def ping(ns: str, address: str, *, count: int = 1, wait: float = 2.0) -> bool:
     """Whether `address` answers from namespace ns (busybox ping)."""
     result = await ns_run(

@@ -289,6 +289,7 @@ async def _scenario(
     assert await status(p2.id) == "ACTIVE"
 
     # A deleted port is unwired: its device goes away and traffic stops.
+    acked = (await alive_hosts())["node1"].applied_revision
     await admin.ports.DeletePort(port_pb2.DeletePortRequest(id=p2.id))
 
     async def tap_gone() -> bool:
@@ -297,6 +298,13 @@ async def _scenario(
 
     await eventually("p2's device removed", tap_gone, 10, agents.logs)
     assert not await ping(w1, ip2, count=1, wait=1)
+
+    # node1 got the deletion too (its VTEP for node2 goes) and, its stream quiet for a
+    # moment, acks it: the applied revision ListAgents shows moves on (acks coalesce).
+    async def node1_acked() -> bool:
+        return (await alive_hosts())["node1"].applied_revision > acked
+
+    await eventually("node1 acks the deletion", node1_acked, 10, agents.logs)
 
     # Re-binding moves a port: the old host unwires it (its device goes), the new host
     # wires it once the workload is plugged there.

@@ -20,7 +20,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -35,7 +35,7 @@ from drivers.base import ApplyError, MechanismDriver
 from drivers.dhcp import DhcpDriver
 from drivers.l3 import L3Driver
 from drivers.linuxbridge import LinuxBridgeDriver
-from drivers.model import PortStatus, port_device_name
+from drivers.model import HostState, PortStatus, port_device_name
 from drivers.netlink import avoid_forking_for_netns_sockets
 
 log = logging.getLogger("baryon.agent")
@@ -69,6 +69,7 @@ Driver = MechanismDriver[Any]
 # an ack waits while messages keep coming (see Agent.report).
 ACK_QUIET = 1.0
 ACK_MAX = 10.0
+DEFAULT_POLL_INTERVAL = 1.0  # seconds between full syncs when nothing asks for one
 BACKOFF_START = 0.2
 BACKOFF_MAX = 5.0
 
@@ -139,7 +140,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         default=None,
         help="DHCP state (default: $BARYON_STATE_DIR or /var/lib/baryon, + agent-HOST/dhcp)",
     )
-    p.add_argument("--poll-interval", type=float, default=1.0, metavar="SECONDS")
+    p.add_argument("--poll-interval", type=float, default=DEFAULT_POLL_INTERVAL, metavar="SECONDS")
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(list(argv))
 
@@ -355,37 +356,17 @@ class NodeAgent:
 
     async def converge_ports(self, ports: set[str]) -> bool:
         """Converge just `ports`; False when only a full sync can (nothing done then)."""
-        desired = self.state.host_state()
-        revision = self.state.revision
-        if self.firewall is not None:
-            await self.firewall.before_l2(desired)
-        statuses: list[PortStatus] | None = []
-        try:
-            if ports:
-                statuses = await self.driver.sync_ports(desired, ports)
-        except ApplyError as err:
-            log.warning("%s", err)
-            statuses = err.statuses
-        if statuses is None:
-            return False
-        if self.firewall is not None:
-            await self.firewall.after_l2(desired)
-        await self.report(revision, statuses, partial=True)
-        return True
+
+        async def sync(desired: HostState) -> list[PortStatus] | None:
+            return await self.driver.sync_ports(desired, ports) if ports else []
+
+        return await self._converge_l2(sync, partial=True)
 
     async def converge(self) -> None:
-        desired = self.state.host_state()
-        revision = self.state.revision
-        if self.firewall is not None:
-            await self.firewall.before_l2(desired)
-        try:
-            statuses = await self.driver.sync(desired, remove_stale=True)
-        except ApplyError as err:
-            log.warning("%s", err)
-            statuses = err.statuses
-        if self.firewall is not None:
-            await self.firewall.after_l2(desired)
-        await self.report(revision, statuses)
+        async def sync(desired: HostState) -> list[PortStatus]:
+            return await self.driver.sync(desired, remove_stale=True)
+
+        await self._converge_l2(sync, partial=False)
         if self.service_drivers is not None:
             result = await self.service_drivers.converge(
                 dict(self.state.routers), dict(self.state.dhcp_networks)
@@ -396,6 +377,30 @@ class NodeAgent:
             if self.call is not None and result.report != self.service_report:
                 await self.send(agent_pb2.AgentMessage(service_status=result.report))
                 self.service_report = result.report
+
+    async def _converge_l2(
+        self,
+        sync: Callable[[HostState], Awaitable[list[PortStatus] | None]],
+        *,
+        partial: bool,
+    ) -> bool:
+        """Firewall, L2 `sync`, firewall again (bridges it created), then the statuses.
+        False, having reported nothing, when `sync` declines (None)."""
+        desired = self.state.host_state()
+        revision = self.state.revision
+        if self.firewall is not None:
+            await self.firewall.before_l2(desired)
+        try:
+            statuses = await sync(desired)
+        except ApplyError as err:
+            log.warning("%s", err)
+            statuses = err.statuses
+        if statuses is None:
+            return False
+        if self.firewall is not None:
+            await self.firewall.after_l2(desired)
+        await self.report(revision, statuses, partial=partial)
+        return True
 
     async def report(
         self, revision: int, statuses: list[PortStatus], *, partial: bool = False

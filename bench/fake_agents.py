@@ -33,23 +33,13 @@ from typing import Any
 
 import grpc
 
+from agent.main import ACK_MAX, ACK_QUIET, DEFAULT_POLL_INTERVAL
+from agent.main import CHANNEL_OPTIONS as AGENT_CHANNEL_OPTIONS
 from baryon.v1 import agent_pb2, agent_pb2_grpc
 
-# The real agent's keepalive settings (agent/main.py) plus a connection per stream.
-CHANNEL_OPTIONS = [
-    ("grpc.keepalive_time_ms", 6_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.http2.ping_timeout_ms", 5_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-    ("grpc.use_local_subchannel_pool", 1),
-]
-TAG_BASE = 10_000
-# agent/main.py: ACK_QUIET, ACK_MAX and the default --poll-interval.
-ACK_QUIET = 1.0
-ACK_MAX = 10.0
-POLL_INTERVAL = 1.0  # rule ports below this are not benchmark tags
+# The real agent's channel options, plus a connection per stream (like N hosts).
+CHANNEL_OPTIONS = [*AGENT_CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
+TAG_BASE = 10_000  # rule ports below this are not benchmark tags
 
 
 def raise_nofile() -> None:
@@ -128,7 +118,7 @@ class Acks:
 
     async def run(self, call: Any) -> None:
         while True:
-            await asyncio.sleep(POLL_INTERVAL)
+            await asyncio.sleep(DEFAULT_POLL_INTERVAL)
             now = time.monotonic()
             quiet = now - self.last_message_at >= ACK_QUIET
             if self.pending != self.acked and (quiet or now - self.acked_at >= ACK_MAX):

@@ -9,6 +9,7 @@ changes (planner.py) does no I/O; only ``apply`` touches the kernel.
 from __future__ import annotations
 
 import errno
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,8 @@ from pyroute2.netlink.exceptions import NetlinkError
 from drivers import sysctl
 from drivers.netlink import (
     FdbEntry,
+    LinkSetting,
+    RtnlDumper,
     delete_link,
     fdb_append,
     fdb_delete,
@@ -28,14 +31,12 @@ from drivers.netlink import (
 
 @dataclass(frozen=True, slots=True)
 class HostHandle:
-    """What changes run against: a long-lived AsyncIPRoute and its namespace.
-
-    ipv6_off: devices whose IPv6 the driver already turned off for this plan, in one
-    batch (one thread joining the namespace, not one per port)."""
+    """What changes run against: a long-lived AsyncIPRoute, a raw rtnetlink socket for
+    batched link settings, both in the namespace `netns`."""
 
     ipr: Any
     netns: str | None
-    ipv6_off: frozenset[str] = frozenset()
+    nl: RtnlDumper
     # Bridge name -> ifindex, looked up once per plan (ports come after bridges).
     bridge_indexes: dict[str, int] = field(default_factory=dict)
 
@@ -188,22 +189,53 @@ class WirePort:
         return f"wire port {self.device} into {self.bridge} mtu {self.mtu} {state}"
 
     async def apply(self, host: HostHandle) -> None:
+        failures = await wire_ports(host, [self])
+        if failures:
+            raise failures[0][1]
+
+
+async def wire_ports(
+    host: HostHandle, ports: list[WirePort]
+) -> list[tuple[WirePort, BaseException]]:
+    """Wire many ports at once; the ones that failed, with why. IPv6 off for all of
+    them from one namespace thread, then three pipelined netlink batches: admin-down
+    ones down, every one's MTU and bridge, admin-up ones up — down before it joins, up
+    only once it is in, never forwarding half-wired. A device gone since the state was
+    read (unplugged) is no failure: it reads back DOWN."""
+    failures: list[tuple[WirePort, BaseException]] = []
+    ready = ports
+    try:
+        await sysctl.disable_ipv6(host.netns, [c.device for c in ports])
+    except OSError:
+        ready = []  # one went away meanwhile, say: the others one by one
+        for change in ports:
+            try:
+                await sysctl.disable_ipv6(host.netns, [change.device])
+                ready.append(change)
+            except FileNotFoundError:
+                pass  # gone
+            except OSError as exc:
+                failures.append((change, exc))
+    wiring: list[WirePort] = []
+    for change in ready:
         try:
-            if self.device not in host.ipv6_off:
-                await sysctl.disable_ipv6(host.netns, [self.device])
-            master = await host.bridge_index(self.bridge)
-            # Down before it joins, up only once it is in: never forwarding half-wired.
-            if not self.up:
-                await host.ipr.link("set", ifname=self.device, state="down")
-            await host.ipr.link("set", ifname=self.device, mtu=self.mtu, master=master)
-            if self.up:
-                await host.ipr.link("set", ifname=self.device, state="up")
-        except (NetlinkError, FileNotFoundError) as exc:
-            # The device went away since the state was read (unplugged): nothing to wire;
-            # the port reads back as DOWN.
-            if await get_link(host.ipr, self.device) is None:
-                return
-            raise exc
+            await host.bridge_index(change.bridge)
+            wiring.append(change)
+        except NetlinkError as exc:
+            failures.append((change, exc))
+    failed = await host.nl.set_links([LinkSetting(c.device, up=False) for c in wiring if not c.up])
+    joining = [c for c in wiring if c.device not in failed]
+    failed |= await host.nl.set_links(
+        [LinkSetting(c.device, mtu=c.mtu, master=host.bridge_indexes[c.bridge]) for c in joining]
+    )
+    failed |= await host.nl.set_links(
+        [LinkSetting(c.device, up=True) for c in wiring if c.up and c.device not in failed]
+    )
+    for change in wiring:
+        code = failed.get(change.device)
+        if code is not None and code != errno.ENODEV:
+            failures.append((change, NetlinkError(code, os.strerror(code))))
+    return failures
 
 
 @dataclass(frozen=True, slots=True)

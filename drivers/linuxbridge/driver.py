@@ -4,22 +4,17 @@ provider networks; ports are veth/tap devices enslaved to their network's bridge
 
 from __future__ import annotations
 
-import errno
 import logging
-import os
 from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING
 
-from pyroute2.netlink.exceptions import NetlinkError
-
-from drivers import sysctl
 from drivers.base import ApplyError, Change, DriverBase, MechanismDriver, Plan, apply_in_order
 from drivers.linuxbridge import planner
 from drivers.linuxbridge.actual import ActualState, read_actual_state, read_named_state
-from drivers.linuxbridge.changes import HostHandle, LinuxBridgeChange, WirePort
+from drivers.linuxbridge.changes import HostHandle, LinuxBridgeChange, WirePort, wire_ports
 from drivers.linuxbridge.config import VXLAN_DEFAULT_PORT, LinuxBridgeConfig
 from drivers.model import HostState, PortStatus
-from drivers.netlink import PROBE_BOGUS_IFINDEX, LinkSetting, RtnlDumper, probe_link_kind
+from drivers.netlink import PROBE_BOGUS_IFINDEX, RtnlDumper, probe_link_kind
 
 log = logging.getLogger(__name__)
 
@@ -107,81 +102,31 @@ class LinuxBridgeDriver(DriverBase[ActualState]):
 
     async def apply(self, plan: Plan) -> None:
         """Apply every change in order; failures are collected and raised together.
-
         The port wirings of a plan (contiguous: after bridges and uplinks, before stale
-        removals) go as batches when there are several: IPv6 off for all of them from
-        one namespace thread, then every device's MTU and bridge (and down, for admin
-        down) in one pipelined netlink exchange, then every admin-up device up in
-        another: down before it joins, up only once it is in, as WirePort does alone."""
-        netns = self.config.netns
+        removals) go as one batch (changes.wire_ports)."""
+        assert self._dumper is not None, "call start() first"
+        host = HostHandle(self._require_ipr(), self.config.netns, self._dumper)
         changes = list(plan)
         ports = [c for c in changes if isinstance(c, WirePort)]
-        done: frozenset[str] = frozenset()
-        if len(ports) > 1:
-            try:
-                await sysctl.disable_ipv6(netns, [c.device for c in ports])
-                done = frozenset(c.device for c in ports)
-            except OSError:
-                pass  # a device went away meanwhile: each WirePort does its own
-        host = HostHandle(self._require_ipr(), netns, done)
         first = changes.index(ports[0]) if ports else 0
-        batched = (
-            len(ports) > 1
-            and self._dumper is not None
-            and bool(done)
-            and changes[first : first + len(ports)] == ports
-        )
-        if not batched:
+        if len(ports) < 2 or changes[first : first + len(ports)] != ports:
             await apply_in_order(plan, host, LinuxBridgeChange, "a Linux bridge", log)
             return
         failures: list[tuple[Change, BaseException]] = []
-        for part in (changes[:first], None, changes[first + len(ports) :]):
+
+        async def in_order(part: list[Change]) -> None:
             try:
-                if part is None:
-                    await self._wire_ports(ports, host)
-                else:
-                    await apply_in_order(
-                        Plan(tuple(part)), host, LinuxBridgeChange, "a Linux bridge", log
-                    )
+                await apply_in_order(
+                    Plan(tuple(part)), host, LinuxBridgeChange, "a Linux bridge", log
+                )
             except ApplyError as exc:
                 failures.extend(exc.failures)
-        if failures:
-            raise ApplyError(failures)
 
-    async def _wire_ports(self, ports: list[WirePort], host: HostHandle) -> None:
-        assert self._dumper is not None
-        failures: list[tuple[Change, BaseException]] = []
-        wiring: list[WirePort] = []
-        for change in ports:
-            try:
-                await host.bridge_index(change.bridge)
-                wiring.append(change)
-            except NetlinkError as exc:
-                failures.append((change, exc))
-        failed = await self._dumper.set_links(
-            [
-                LinkSetting(
-                    c.device,
-                    mtu=c.mtu,
-                    master=host.bridge_indexes[c.bridge],
-                    up=None if c.up else False,
-                )
-                for c in wiring
-            ]
-        )
-        failed.update(
-            await self._dumper.set_links(
-                [LinkSetting(c.device, up=True) for c in wiring if c.up and c.device not in failed]
-            )
-        )
-        for change in wiring:
-            code = failed.get(change.device)
-            # A device gone since the read-back (unplugged): nothing to wire; the port
-            # reads back DOWN.
-            if code is not None and code != errno.ENODEV:
-                err = NetlinkError(code, os.strerror(code))
-                log.warning("change failed: %s: %r", change, err)
-                failures.append((change, err))
+        await in_order(changes[:first])
+        for change, exc in await wire_ports(host, ports):
+            log.warning("change failed: %s: %r", change, exc)
+            failures.append((change, exc))
+        await in_order(changes[first + len(ports) :])
         if failures:
             raise ApplyError(failures)
 

@@ -234,6 +234,17 @@ def _attr(kind: int, payload: bytes) -> bytes:
     return attr + b"\0" * (-len(attr) % 4)
 
 
+def _raise_on_error(kind: int, data: bytes, body_off: int) -> None:
+    """NetlinkError if this answer is an error (not an ack)."""
+    code = -int(_I32.unpack_from(data, body_off)[0]) if kind == _NLMSG_ERROR else 0
+    if code:
+        raise NetlinkError(code, os.strerror(code))
+
+
+def _mac_bytes(mac: str) -> bytes:
+    return bytes(int(b, 16) for b in mac.split(":"))
+
+
 def _name_attr(name: str) -> bytes:
     return _attr(_IFLA_IFNAME, name.encode() + b"\0")
 
@@ -339,15 +350,14 @@ def _parse_raw_link_ipv6(data: bytes, off: int, end: int) -> tuple[Link, bool | 
 
 @dataclass(frozen=True, slots=True)
 class LinkSetting:
-    """What RtnlDumper.set_links sets on one link (None: leave as is). In one request
-    the kernel applies the up/down flag before the master, so a link set down and
-    enslaved at once is down before it joins."""
+    """What RtnlDumper.set_links sets on one link (None: leave as is)."""
 
     name: str
     mtu: int | None = None
     master: int | None = None
     up: bool | None = None
     alias: str | None = None
+    mac: str | None = None
 
 
 class RtnlDumper:
@@ -484,6 +494,8 @@ class RtnlDumper:
                     body += _NLA.pack(8, _IFLA_MASTER) + _U32.pack(st.master)
                 if st.alias is not None:
                     body += _attr(_IFLA_IFALIAS, st.alias.encode())
+                if st.mac is not None:
+                    body += _attr(_IFLA_ADDRESS, _mac_bytes(st.mac))
                 flags = change = 0
                 if st.up is not None:
                     change = IFF_UP
@@ -505,11 +517,10 @@ class RtnlDumper:
         either name is taken (nothing is created then)."""
         fd = os.open(netns_path(peer_netns), os.O_RDONLY | os.O_CLOEXEC)
         try:
-            mac = bytes(int(b, 16) for b in peer_mac.split(":"))
             peer_attrs = (
                 _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
                 + _name_attr(peer)
-                + _attr(_IFLA_ADDRESS, mac)
+                + _attr(_IFLA_ADDRESS, _mac_bytes(peer_mac))
                 + _NLA.pack(8, _IFLA_MTU)
                 + _U32.pack(mtu)
                 + _NLA.pack(8, _IFLA_NET_NS_FD)
@@ -529,9 +540,20 @@ class RtnlDumper:
             ((kind, data, body_off, _end),) = await self._exchange([(_RTM_NEWLINK, flags, body)])
         finally:
             os.close(fd)
-        code = -int(_I32.unpack_from(data, body_off)[0]) if kind == _NLMSG_ERROR else 0
-        if code:
-            raise NetlinkError(code, os.strerror(code))
+        _raise_on_error(kind, data, body_off)
+
+    async def delete_link(self, name: str) -> bool:
+        """Delete link `name` (a veth: both ends); False if there was none."""
+        body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _name_attr(name)
+        request = (_RTM_DELLINK, _NLM_F_REQUEST | _NLM_F_ACK, body)
+        ((kind, data, body_off, _end),) = await self._exchange([request])
+        try:
+            _raise_on_error(kind, data, body_off)
+        except NetlinkError as exc:
+            if exc.code == errno.ENODEV:
+                return False
+            raise
+        return True
 
     async def _exchange(
         self, requests: list[tuple[int, int, bytes]]

@@ -17,7 +17,6 @@ import ipaddress
 import os
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError
@@ -27,10 +26,7 @@ from drivers.model import normalize_mac, owned_alias, port_device_name
 from drivers.netlink import (
     LinkSetting,
     RtnlDumper,
-    delete_link,
-    get_link,
     netns_exists,
-    netns_path,
     open_iproute,
 )
 
@@ -64,101 +60,62 @@ async def plug(
     host_dev = port_device_name(port_id)
     if not netns_exists(netns):
         raise PlugError(f"workload namespace {netns!r} does not exist")
-    node_raw = node_nl if node_nl is not None else RtnlDumper(node_netns)
-    workload_raw = workload_nl if workload_nl is not None else RtnlDumper(netns)
-    pair = _Pair(port_id, host_dev, mac, mtu, netns, ifname, node_netns)
+    node = node_nl if node_nl is not None else RtnlDumper(node_netns)
+    workload = workload_nl if workload_nl is not None else RtnlDumper(netns)
     try:
-        fresh = await _plug_new(node_raw, workload_raw, pair)
+        try:
+            # The common case in one request: the pair, the workload end already in
+            # its namespace with the port's MAC and MTU.
+            await node.create_veth(host_dev, mtu, ifname, mac, netns)
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:
+                raise
+            await _reuse_pair(node, workload, host_dev, mac, mtu, netns, ifname)
+        # Host end: no IPv6 of its own (it only forwards) before it comes up, the
+        # network's MTU, marked ours. Workload end: the port's MAC and MTU, up.
+        await sysctl.disable_ipv6(node_netns, [host_dev])
+        alias = owned_alias(port_id)
+        _check(await node.set_links([LinkSetting(host_dev, mtu=mtu, alias=alias, up=True)]))
+        workload_end = LinkSetting(ifname, mac=mac, mtu=mtu, up=True)
+        _check(await workload.set_links([LinkSetting("lo", up=True), workload_end]))
     finally:
         if node_nl is None:
-            node_raw.close()
+            node.close()
         if workload_nl is None:
-            workload_raw.close()
-    if not fresh:
-        await _replug(pair)
-    if fixed_ips:
-        workload = open_iproute(netns)
-        try:
-            await _configure_addresses(workload, ifname, fixed_ips, gateway)
-        finally:
             workload.close()
-    return await _finish(host_dev, netns, ifname, disable_tx_offload)
-
-
-@dataclass(frozen=True, slots=True)
-class _Pair:
-    """What one plug wires: the port's veth pair and where its ends go."""
-
-    port_id: str
-    host_dev: str
-    mac: str
-    mtu: int
-    netns: str
-    ifname: str
-    node_netns: str | None
-
-
-async def _replug(pair: _Pair) -> None:
-    """The idempotent path, when either end exists already: check what is there,
-    recreate a host end left alone, and (re)configure both ends."""
-    port_id, host_dev, mac, mtu = pair.port_id, pair.host_dev, pair.mac, pair.mtu
-    netns, ifname, node_netns = pair.netns, pair.ifname, pair.node_netns
-    node = open_iproute(node_netns)
-    workload = open_iproute(netns)
-    try:
-        host_link = await get_link(node, host_dev)
-        inner = await get_link(workload, ifname)
-        if host_link is not None and inner is None:
-            await delete_link(node, host_dev)  # a leftover whose workload end is gone
-            host_link = None
-        if host_link is None:
-            if inner is not None:
-                raise PlugError(f"{ifname} already exists in namespace {netns!r}")
-            await node.link(
-                "add",
-                ifname=host_dev,
-                kind="veth",
-                mtu=mtu,
-                peer={"ifname": ifname, "net_ns_fd": netns_path(netns), "address": mac, "mtu": mtu},
-            )
-        elif inner is not None and inner.kind != "veth":
-            raise PlugError(f"{ifname} in namespace {netns!r} is a {inner.kind}, not a veth")
-        # Host end: no IPv6 of its own (it only forwards), marked as ours, up.
-        await sysctl.disable_ipv6(node_netns, [host_dev])
-        await node.link("set", ifname=host_dev, mtu=mtu, ifalias=owned_alias(port_id))
-        await node.link("set", ifname=host_dev, state="up")
-        # Workload end.
-        await workload.link("set", ifname="lo", state="up")
-        await workload.link("set", ifname=ifname, address=mac, mtu=mtu)
-        await workload.link("set", ifname=ifname, state="up")
-    finally:
-        node.close()
-        workload.close()
-
-
-async def _finish(host_dev: str, netns: str, ifname: str, disable_tx_offload: bool) -> str:
+    if fixed_ips:
+        ipr = open_iproute(netns)
+        try:
+            await _configure_addresses(ipr, ifname, fixed_ips, gateway)
+        finally:
+            ipr.close()
     if disable_tx_offload:
         await _ethtool_tx_off(netns, ifname)
     return host_dev
 
 
-async def _plug_new(node: RtnlDumper, workload: RtnlDumper, pair: _Pair) -> bool:
-    """The common case in a few pipelined netlink messages: the pair is created with
-    the workload end's name, namespace, MAC and MTU in one request. False (nothing
-    done) when either name exists already: the caller takes the idempotent path."""
-    try:
-        await node.create_veth(pair.host_dev, pair.mtu, pair.ifname, pair.mac, pair.netns)
-    except NetlinkError as exc:
-        if exc.code == errno.EEXIST:
-            return False
-        raise
-    # Host end: no IPv6 of its own (it only forwards) before it comes up, marked ours.
-    await sysctl.disable_ipv6(pair.node_netns, [pair.host_dev])
-    host_end = LinkSetting(pair.host_dev, alias=owned_alias(pair.port_id), up=True)
-    _check(await node.set_links([host_end]))
-    workload_end = LinkSetting(pair.ifname, up=True)
-    _check(await workload.set_links([LinkSetting("lo", up=True), workload_end]))
-    return True
+async def _reuse_pair(
+    node: RtnlDumper,
+    workload: RtnlDumper,
+    host_dev: str,
+    mac: str,
+    mtu: int,
+    netns: str,
+    ifname: str,
+) -> None:
+    """Plugging again: keep a pair whose both ends exist, recreate one whose workload
+    end is gone, refuse a workload name taken by something else."""
+    host_link = await node.named_links_ipv6([host_dev])
+    inner = [link for link, _ in await workload.named_links_ipv6([ifname])]
+    if host_link and not inner:
+        await node.delete_link(host_dev)  # a leftover whose workload end is gone
+        host_link = []
+    if not host_link:
+        if inner:
+            raise PlugError(f"{ifname} already exists in namespace {netns!r}")
+        await node.create_veth(host_dev, mtu, ifname, mac, netns)
+    elif inner and inner[0].kind != "veth":
+        raise PlugError(f"{ifname} in namespace {netns!r} is a {inner[0].kind}, not a veth")
 
 
 def _check(failed: dict[str, int]) -> None:
@@ -206,8 +163,8 @@ async def _ethtool_tx_off(netns: str, ifname: str) -> None:
 
 async def unplug(port_id: str, *, node_netns: str | None = None) -> None:
     """Remove the port's veth pair (both ends); nothing to do if it is gone already."""
-    node = open_iproute(node_netns)
+    node = RtnlDumper(node_netns)
     try:
-        await delete_link(node, port_device_name(port_id))
+        await node.delete_link(port_device_name(port_id))
     finally:
         node.close()
